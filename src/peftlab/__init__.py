@@ -1,0 +1,28 @@
+"""peftlab: parameter-efficient transfer learning on Hugging Face transformers models.
+
+    import peftlab as pl
+    pl.attach(model, pl.Compacter(reduction_factor=32), name="rte")
+    print(pl.summary(model))
+"""
+from . import methods as _methods  # noqa: F401  (registers every method)
+from .config import MethodConfig
+from .core import activate, adapters, attach, deactivate, detach, summary, trainable_parameters
+from .errors import PeftlabError
+from .io import load, save
+from .merging import merge, unmerge
+from .methods.bitfit import BitFit
+from .methods.bottleneck import Bottleneck, Houlsby, Parallel, Pfeiffer
+from .methods.full import FullFinetune
+from .methods.ia3 import IA3
+from .methods.lora import LoRA
+from .peft_interop import export_peft
+from .registry import config_from_dict, method_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attach", "detach", "activate", "deactivate", "adapters", "summary", "trainable_parameters",
+    "save", "load", "merge", "unmerge", "export_peft", "config_from_dict", "method_names",
+    "MethodConfig", "PeftlabError",
+    "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
+]

@@ -1,0 +1,77 @@
+"""`peftlab train | eval | predict | params | export | plot`. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import PeftlabError
+
+
+def _params(args) -> None:
+    from .params_table import print_table
+    print_table(args.model, args.method, args.config, args.head)
+
+
+def _export(args) -> None:
+    from .models import build_from_config, load_config
+    import peftlab as pl
+    model = build_from_config(load_config(args.model))
+    pl.load(model, args.adapter, trainable=False)
+    pl.export_peft(model, None, args.output)
+    print(f"wrote {args.output}")
+
+
+def _runner(command: str):
+    def run(args) -> None:
+        try:
+            from . import train
+        except ImportError as err:
+            raise PeftlabError(f"'peftlab {command}' needs the runner extras: {err}") from None
+        getattr(train, f"cli_{command}")(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftlab", description="Parameter-efficient transfer learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("params", help="trainable-parameter table for methods on a model, without training")
+    p.add_argument("--model", default="t5-base", help="preset name, local dir or hub id")
+    p.add_argument("--method", action="append", help="method name (repeatable); default: the paper table")
+    p.add_argument("--config", action="append", help="method config file (JSON/YAML; repeatable)")
+    p.add_argument("--head", choices=["auto", "seq2seq", "causal", "classification"], default="auto")
+    p.set_defaults(func=_params)
+    p = sub.add_parser("export", help="write a saved LoRA/IA3 adapter in HF PEFT's format")
+    p.add_argument("adapter"), p.add_argument("output")
+    p.add_argument("--model", required=True, help="the base model's preset, dir or hub id")
+    p.set_defaults(func=_export)
+    p = sub.add_parser("train", help="train from a config file")
+    p.add_argument("config"), p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    p.set_defaults(func=_runner("train"))
+    p = sub.add_parser("eval", help="evaluate a run's best checkpoint")
+    p.add_argument("run_dir"), p.add_argument("--data"), p.add_argument("--task")
+    p.set_defaults(func=_runner("eval"))
+    p = sub.add_parser("predict", help="predict with a run's best checkpoint")
+    p.add_argument("run_dir"), p.add_argument("--input", required=True), p.add_argument("--output")
+    p.set_defaults(func=_runner("predict"))
+    p = sub.add_parser("plot", help="draw a run's curves and mixing weights as PNG")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_runner("plot"))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PeftlabError as err:
+        print(f"peftlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

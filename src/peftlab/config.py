@@ -1,0 +1,157 @@
+"""Typed, validated method configs that round-trip through JSON and reject unknown keys."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+import warnings
+from typing import Any, ClassVar, Literal, Union
+
+from .errors import PeftlabError
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest valid choice, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str):
+    """Return `value` checked against the annotation `tp` (lists become tuples); raise on mismatch."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in args:
+            return value
+        raise PeftlabError(f"{where}: {value!r} is not one of {list(args)}{closest(str(value), map(str, args))}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except PeftlabError as err:
+                errors.append(str(err))
+        raise PeftlabError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise PeftlabError(f"{where}: expected None, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise PeftlabError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PeftlabError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, MethodConfig):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return tp.from_dict(value)
+        raise PeftlabError(f"{where}: expected a {tp.__name__} config, got {value!r}")
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_scalar(value, tp, where):
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise PeftlabError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method config: typed fields, validated at construction, JSON round-trip.
+
+    Subclasses set `method` (the registry name) and may override `validate()` for cross-field rules.
+    """
+
+    method: ClassVar[str] = ""
+    unfreeze_layer_norms: bool = False
+    unfreeze_lm_head: bool = False
+    train_head: bool = True  # a task head (classifier, score) is new, so it trains with any method
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            where = f"{type(self).__name__}.{field.name}"
+            setattr(self, field.name, _coerce(getattr(self, field.name), hints[field.name], where))
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; raise PeftlabError naming the field."""
+
+    @property
+    def identity_at_init(self) -> bool:
+        """True when attaching leaves the model's outputs unchanged (checked by the contract suite)."""
+        return False
+
+    @property
+    def mergeable(self) -> bool:
+        """True when `merge` can fold the method into the base weights."""
+        return False
+
+    def build_kwargs(self) -> dict:
+        """The plain arguments a builder receives (the generic switches are handled by attach)."""
+        generic = {f.name for f in dataclasses.fields(MethodConfig)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in generic}
+
+    def to_dict(self) -> dict:
+        out = {"method": self.method}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.to_dict() if isinstance(value, MethodConfig) else _jsonable(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, strict: bool = True) -> "MethodConfig":
+        """Build from a mapping; unknown keys raise (strict) or warn and are dropped (forward compat)."""
+        data = dict(data)
+        data.pop("method", None)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown and strict:
+            key = unknown[0]
+            raise PeftlabError(f"{cls.__name__}: unknown key '{key}'{closest(key, names)}")
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown} (saved by a newer peftlab?)")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise a PeftlabError with `message` unless `condition` holds."""
+    if not condition:
+        raise PeftlabError(message)
+
+
+@dataclasses.dataclass
+class LayeredConfig(MethodConfig):
+    """A method placed per layer: `layers` for every stack, or `encoder_layers` / `decoder_layers`
+    separately; `leave_out` drops layer indices from every stack (static AdapterDrop)."""
+
+    layers: tuple[int, ...] | None = None
+    encoder_layers: tuple[int, ...] | None = None
+    decoder_layers: tuple[int, ...] | None = None
+    leave_out: tuple[int, ...] = ()

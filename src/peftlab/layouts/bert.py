@@ -1,0 +1,24 @@
+"""BERT / RoBERTa (and look-alikes): post-norm encoder; sublayer outputs pass dropout before the LN."""
+from . import Layout, StackLayout
+
+_SLOTS = {
+    "attn": ("attention.self",),
+    "attn.q": ("attention.self.query",),
+    "attn.k": ("attention.self.key",),
+    "attn.v": ("attention.self.value",),
+    "attn.o": ("attention.output.dense",),
+    "attn_block_out": ("attention.output.dropout",),
+    "ffn.in": ("intermediate.dense",),
+    "ffn.out": ("output.dense",),
+    "ffn_block_out": ("output.dropout",),
+    "norms": ("attention.output.LayerNorm", "output.LayerNorm"),
+}
+
+LAYOUT = Layout(
+    name="bert",
+    model_types=("bert", "roberta", "xlm-roberta", "camembert"),
+    stacks={"encoder": StackLayout("encoder.layer", _SLOTS)},
+    embeddings=("embeddings.word_embeddings",),
+    lm_head=None,
+    attention={"module": "BertSelfAttention", "scaled": True, "position": "learned_absolute"},
+)

@@ -1,0 +1,77 @@
+"""Generic merge: a part that can merge exposes `delta_weight()` (added to W, shaped out x in) or
+`merge_scale()` -> (vector, "out" | "in") (multiplying W's rows or columns, and the bias for "out")."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import PeftlabError
+from .state import controller_of
+from .surgery import Slot, get_module
+from .targeting import is_conv1d
+
+
+def _parts(model: nn.Module, name: str):
+    controller = controller_of(model)
+    if controller is None or name not in controller.adapters:
+        raise PeftlabError(f"no adapter named '{name}' is attached")
+    attachment = controller.adapters[name]
+    for path, part in attachment.parts:
+        if not (hasattr(part, "delta_weight") or hasattr(part, "merge_scale")):
+            raise PeftlabError(f"adapter '{name}' ({attachment.config.method}) cannot be merged: "
+                               f"its {type(part).__name__} at {path} has no weight-space form")
+    return [(get_module(model, path), part) for path, part in attachment.parts]
+
+
+def _new_tensors(slot: Slot, part, sign: int) -> dict[str, torch.Tensor]:
+    """The base layer's weight (and bias) after merging (sign=+1) or unmerging (sign=-1) `part`."""
+    base = slot.base_layer
+    conv = is_conv1d(base)
+    weight = base.weight.detach()
+    out = {}
+    if hasattr(part, "delta_weight"):
+        delta = part.delta_weight().detach().to(weight.dtype)
+        out["weight"] = weight + sign * (delta.T if conv else delta)
+        return out
+    scale, axis = part.merge_scale()
+    scale = scale.detach().to(weight.dtype)
+    if sign < 0:
+        if bool((scale == 0).any()):
+            raise PeftlabError(f"cannot unmerge at {slot.path}: a scale of zero is not invertible")
+        scale = 1.0 / scale
+    rows_are_out = not conv
+    if (axis == "out") == rows_are_out:
+        out["weight"] = weight * scale[:, None]
+    else:
+        out["weight"] = weight * scale[None, :]
+    if axis == "out" and getattr(base, "bias", None) is not None:
+        out["bias"] = base.bias.detach() * scale
+    return out
+
+
+@torch.no_grad()
+def _apply(model: nn.Module, name: str, merged_now: bool) -> None:
+    plans = []
+    for slot, part in _parts(model, name):
+        if getattr(part, "merged", False) == merged_now:
+            continue  # merging twice (or unmerging an unmerged adapter) changes nothing
+        plans.append((slot, part, _new_tensors(slot, part, +1 if merged_now else -1)))
+    for slot, _, tensors in plans:
+        if not all(torch.isfinite(t).all() for t in tensors.values()):
+            raise PeftlabError(f"refusing to merge adapter '{name}': non-finite weights at {slot.path}")
+    for slot, part, tensors in plans:
+        for attr, value in tensors.items():
+            getattr(slot.base_layer, attr).copy_(value)
+        part.merged = merged_now
+
+
+def merge(model: nn.Module, name: str) -> nn.Module:
+    """Fold an adapter into the base weights; its parts then sit out of the forward. Idempotent."""
+    _apply(model, name, True)
+    return model
+
+
+def unmerge(model: nn.Module, name: str) -> nn.Module:
+    """Undo `merge` (restores the weights up to float rounding)."""
+    _apply(model, name, False)
+    return model

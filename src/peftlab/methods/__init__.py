@@ -1,0 +1,2 @@
+"""Every method registers itself on import; importing this package registers them all."""
+from . import bitfit, bottleneck, full, ia3, lora  # noqa: F401

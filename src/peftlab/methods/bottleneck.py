@@ -1,0 +1,209 @@
+"""Bottleneck adapters h <- h + s * W_up f(W_down h + b_d) + b_u, their presets and AdapterDrop.
+
+Placement: `mh_adapter` on the self-attention sublayer's output, `output_adapter` on the FFN sublayer's
+output, both before the residual add (Houlsby); `parallel` runs the bottleneck beside the sublayer on
+its input and adds the result to its output (He et al.). AdapterDrop: `leave_out` drops layers
+statically; `drop_max_layers` drops the adapters of the lowest k ~ U{0..n} layers each training
+step, and `drop_inference_layers` skips the lowest n layers' adapters at inference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..config import LayeredConfig, check
+from ..registry import register_method
+from ..surgery import Part
+from ..targeting import LayerSelection, feature_dims
+
+NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
+
+
+@dataclass
+class Bottleneck(LayeredConfig):
+    reduction_factor: float = 16.0
+    bottleneck_size: int | None = None           # overrides reduction_factor when set
+    non_linearity: NonLinearity = "relu"
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    parallel: bool = False
+    residual_before_ln: bool = True
+    adapter_layernorm_before: bool = False
+    adapter_layernorm_after: bool = False
+    scaling: float | Literal["learned"] = 1.0
+    init: Literal["near_identity", "zero_up"] = "near_identity"
+    drop_max_layers: int = 0
+    drop_inference_layers: int = 0
+
+    def validate(self):
+        check(self.reduction_factor > 0, f"{type(self).__name__}.reduction_factor must be positive, "
+                                         f"got {self.reduction_factor}")
+        check(self.bottleneck_size is None or self.bottleneck_size > 0,
+              f"{type(self).__name__}.bottleneck_size must be positive, got {self.bottleneck_size}")
+        check(self.mh_adapter or self.output_adapter,
+              f"{type(self).__name__}: set mh_adapter and/or output_adapter, else nothing is placed")
+        check(self.drop_max_layers >= 0 and self.drop_inference_layers >= 0,
+              f"{type(self).__name__}: AdapterDrop layer counts must be >= 0")
+
+    @property
+    def identity_at_init(self) -> bool:
+        return self.init == "zero_up"
+
+
+@dataclass
+class Houlsby(Bottleneck):
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    non_linearity: NonLinearity = "swish"
+
+
+@dataclass
+class Pfeiffer(Bottleneck):
+    """AdapterHub's Pfeiffer placement: after the FFN only. (Compacter's "pfeiffer" places the adapter
+    after self-attention only: `Bottleneck(mh_adapter=True, output_adapter=False)`, see configs/.)"""
+
+
+@dataclass
+class Parallel(Bottleneck):
+    """He et al.'s parallel adapter on the FFN, scaled by s = 4, up-projection initialized to zero."""
+
+    parallel: bool = True
+    scaling: float | Literal["learned"] = 4.0
+    init: Literal["near_identity", "zero_up"] = "zero_up"
+
+
+class BottleneckNet(nn.Module):
+    """down -> f -> up (-> LN) with optional input LN and scaling; returns the branch, not h + branch."""
+
+    def __init__(self, d: int, k: int, non_linearity: str, ln_before: bool, ln_after: bool, scaling, init: str):
+        super().__init__()
+        self.ln_before = nn.LayerNorm(d) if ln_before else None
+        self.down, self.act, self.up = nn.Linear(d, k), ACT2FN[non_linearity], nn.Linear(k, d)
+        self.ln_after = nn.LayerNorm(d) if ln_after else None
+        self.scale = nn.Parameter(torch.ones(1)) if scaling == "learned" else None
+        self.fixed_scale = 1.0 if scaling == "learned" else float(scaling)
+        if init == "near_identity":   # Compacter: N(0, 1e-2) weights, zero biases
+            for linear in (self.down, self.up):
+                nn.init.normal_(linear.weight, std=1e-2)
+                nn.init.zeros_(linear.bias)
+        else:                         # MAM / LoRA style: exact identity at init
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+
+    def normed(self, h):
+        return self.ln_before(h) if self.ln_before is not None else h
+
+    def branch(self, x):
+        y = self.up(self.act(self.down(x)))
+        if self.ln_after is not None:
+            y = self.ln_after(y)
+        return y * (self.scale if self.scale is not None else self.fixed_scale)
+
+
+class DropSchedule:
+    """How many of the lowest layers sit out this step (set by a model pre-hook, read by the parts)."""
+
+    def __init__(self, max_train: int, at_inference: int):
+        self.max_train, self.at_inference, self.k = max_train, at_inference, 0
+
+    def sample(self, module, args):
+        if module.training and self.max_train > 0:
+            self.k = int(torch.randint(0, self.max_train + 1, ()))
+
+    def drops(self, training: bool, layer: int | None) -> bool:
+        limit = self.k if training else self.at_inference
+        return layer is not None and layer < limit
+
+
+class _Dropping(Part):
+    def skipped(self, slot) -> bool:
+        return self.schedule.drops(self.training, slot.layer)
+
+
+class SerialAdapter(_Dropping):
+    role = "output"
+
+    def __init__(self, net: BottleneckNet, residual_before_ln: bool, schedule: DropSchedule):
+        super().__init__()
+        self.net, self.residual_before_ln, self.schedule = net, residual_before_ln, schedule
+
+    def forward(self, h):
+        x = self.net.normed(h.to(self.net.down.weight.dtype))
+        residual = h if self.residual_before_ln else x.to(h.dtype)
+        return residual + self.net.branch(x).to(h.dtype)
+
+
+class ParallelTap(_Dropping):
+    """Sees the sublayer's input and hands it to the branch's output part within the same forward."""
+
+    role = "tap"
+
+    def __init__(self, owner: "ParallelOut"):
+        super().__init__()
+        self.__dict__["owner"] = owner   # a plain reference: the weights are registered once, in the owner
+        self.schedule = owner.schedule
+
+    def forward(self, x):
+        self.owner.pending = x
+
+
+class ParallelOut(_Dropping):
+    role = "add"
+
+    def __init__(self, net: BottleneckNet, schedule: DropSchedule):
+        super().__init__()
+        self.net, self.schedule, self.pending = net, schedule, None
+
+    def forward(self, _x):
+        x, self.pending = self.pending, None
+        return self.net.branch(self.net.normed(x.to(self.net.down.weight.dtype))).to(x.dtype)
+
+
+def _width(target, path: str) -> int:
+    dims = feature_dims(target.module(path))
+    return dims[1] if dims else target.hidden_size
+
+
+def _first_per_layer(sites):
+    out = {}
+    for site in sites:
+        out.setdefault((site.stack, site.layer), site)
+    return out
+
+
+def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity, mh_adapter, output_adapter,
+                     parallel, residual_before_ln, adapter_layernorm_before, adapter_layernorm_after, scaling,
+                     init, drop_max_layers, drop_inference_layers, layers, encoder_layers, decoder_layers,
+                     leave_out):
+    selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    schedule = DropSchedule(drop_max_layers, drop_inference_layers)
+    if drop_max_layers:
+        target.add_hook(target.model.register_forward_pre_hook, schedule.sample)
+    placements = [(on, out_slot, in_slot) for on, out_slot, in_slot in
+                  ((mh_adapter, "attn_block_out", "attn.q"), (output_adapter, "ffn_block_out", "ffn.in")) if on]
+    for _, out_slot, in_slot in placements:
+        taps = _first_per_layer(target.sites(in_slot, selection)) if parallel else {}
+        for site in target.sites(out_slot, selection):
+            d = _width(target, site.path)
+            k = bottleneck_size or int(d // reduction_factor)
+            check(k >= 1, f"reduction_factor {reduction_factor} gives a zero-size bottleneck for hidden size {d}")
+            net = BottleneckNet(d, k, non_linearity, adapter_layernorm_before, adapter_layernorm_after, scaling, init)
+            if not parallel:
+                target.place(site, SerialAdapter(net, residual_before_ln, schedule))
+                continue
+            out = ParallelOut(net, schedule)
+            target.place(taps[(site.stack, site.layer)], ParallelTap(out))
+            target.place(site, out)
+
+
+register_method("bottleneck", Bottleneck, build_bottleneck, aliases=("adapter",))
+register_method("houlsby", Houlsby, build_bottleneck)
+register_method("pfeiffer", Pfeiffer, build_bottleneck)
+register_method("parallel", Parallel, build_bottleneck, aliases=("parallel_adapter",))

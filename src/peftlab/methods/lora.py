@@ -1,0 +1,79 @@
+"""LoRA (Hu et al.): h = W0 x + (alpha / r) B A x, with A kaiming-uniform and B zero (identity at init)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import LayeredConfig, check
+from ..registry import register_method
+from ..surgery import Part
+from ..targeting import LayerSelection, feature_dims
+
+
+@dataclass
+class LoRA(LayeredConfig):
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    slots: tuple[str, ...] = ("attn.q", "attn.v")
+    target_modules: tuple[str, ...] | None = None   # module-name suffixes or full-path regexes; overrides slots
+
+    def validate(self):
+        check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
+        check(0.0 <= self.dropout < 1.0, f"LoRA.dropout must be in [0, 1), got {self.dropout}")
+        check(bool(self.slots) or bool(self.target_modules), "LoRA needs slots or target_modules")
+
+    @property
+    def identity_at_init(self) -> bool:
+        return True
+
+    @property
+    def mergeable(self) -> bool:
+        return True
+
+
+class LoRAPart(Part):
+    role = "add"
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.lora_A.weight.dtype
+        return (self.lora_B(self.lora_A(self.dropout(x.to(dtype)))) * self.scaling).to(x.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+
+def lora_sites(target, slots, target_modules, selection):
+    if target_modules:
+        return target.pattern_sites(target_modules, selection)
+    sites, seen = [], set()
+    for slot in slots:
+        for site in target.sites(slot, selection):
+            if site.path not in seen:
+                seen.add(site.path)
+                sites.append(site)
+    return sites
+
+
+def build_lora(target, *, r, alpha, dropout, slots, target_modules, layers, encoder_layers, decoder_layers,
+               leave_out):
+    selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    for site in lora_sites(target, slots, target_modules, selection):
+        dims = feature_dims(target.module(site.path))
+        check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
+        target.place(site, LoRAPart(dims[0], dims[1], r, alpha, dropout))
+
+
+register_method("lora", LoRA, build_lora)

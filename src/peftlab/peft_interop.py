@@ -1,0 +1,118 @@
+"""Interchange with HF PEFT for LoRA and IA3: write a directory `peft.PeftModel.from_pretrained` loads,
+and attach an adapter from a directory HF PEFT saved. Tensor names map one to one:
+`base_model.model.<module path>.lora_A.weight` <-> our part at <module path>."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .core import _pick, _require, attach, detach
+from .errors import PeftlabError
+from .io import _atomic_write, adapter_state, copy_into, read_json, read_safetensors
+from .methods.ia3 import IA3, IA3Part
+from .methods.lora import LoRA, LoRAPart
+from .targeting import is_conv1d
+from .surgery import get_module
+
+_PREFIX = "base_model.model."
+# HF PEFT options whose meaning peftlab's LoRA does not share: importing them would silently change outputs.
+_UNSUPPORTED = {"use_dora": False, "use_rslora": False, "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+                "layers_to_transform": None, "modules_to_save": None, "lora_bias": False}
+
+
+def export_peft(model: nn.Module, name: str | None, directory) -> Path:
+    """Write adapter `name` (LoRA or IA3) as an HF PEFT adapter directory."""
+    controller = _require(model)
+    name = _pick(controller, name)
+    attachment = controller.adapters[name]
+    config = attachment.config
+    if not isinstance(config, (LoRA, IA3)):
+        raise PeftlabError(f"export_peft supports LoRA and IA3 adapters; '{name}' is {config.method}")
+    if attachment.claimed:
+        raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
+                           "set train_head/unfreeze_* off to export it in HF PEFT's format")
+    paths = [path for path, _ in attachment.parts]
+    fan_in_fan_out = any(is_conv1d(get_module(model, p)) for p in paths)
+    meta = {"peft_type": "LORA" if isinstance(config, LoRA) else "IA3", "target_modules": sorted(paths),
+            "fan_in_fan_out": fan_in_fan_out, "inference_mode": True, "task_type": None,
+            "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
+            "modules_to_save": None}
+    tensors = {}
+    for path, part in attachment.parts:
+        key = f"{_PREFIX}{path}"
+        if isinstance(part, LoRAPart):
+            tensors[f"{key}.lora_A.weight"] = part.lora_A.weight
+            tensors[f"{key}.lora_B.weight"] = part.lora_B.weight
+        else:
+            feedforward = part.role == "input"
+            tensors[f"{key}.ia3_l"] = part.ia3_l.reshape((1, -1) if feedforward else (-1, 1))
+    if isinstance(config, LoRA):
+        meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none")
+    else:
+        meta["feedforward_modules"] = sorted(p for p, part in attachment.parts if part.role == "input")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()}
+    _atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    _atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return directory
+
+
+def _config_from_peft(meta: dict, source: Path):
+    kind = meta.get("peft_type")
+    if kind not in ("LORA", "IA3"):
+        raise PeftlabError(f"{source}: peft_type {kind!r} cannot be imported yet (LORA and IA3 can)")
+    for key, neutral in _UNSUPPORTED.items():
+        if meta.get(key, neutral) not in (neutral, None, False, {}, "none"):
+            raise PeftlabError(f"{source}: HF PEFT option {key}={meta[key]!r} is not supported by peftlab's {kind}")
+    targets = meta.get("target_modules")
+    targets = (targets,) if isinstance(targets, str) else tuple(targets or ())
+    if not targets:
+        raise PeftlabError(f"{source}: target_modules is empty")
+    if kind == "LORA":
+        return LoRA(r=meta["r"], alpha=float(meta.get("lora_alpha", meta["r"])),
+                    dropout=float(meta.get("lora_dropout", 0.0)), target_modules=targets, train_head=False)
+    feedforward = meta.get("feedforward_modules") or ()
+    feedforward = (feedforward,) if isinstance(feedforward, str) else tuple(feedforward)
+    return IA3(target_modules=targets, feedforward_modules=feedforward, train_head=False)
+
+
+def _read_peft_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / "adapter_model.safetensors").exists():
+        return read_safetensors(directory / "adapter_model.safetensors")
+    legacy = directory / "adapter_model.bin"
+    if not legacy.exists():
+        raise PeftlabError(f"{directory}: no adapter_model.safetensors (or adapter_model.bin) found")
+    warnings.warn(f"{legacy}: legacy pickle-based file, read with torch.load(weights_only=True)")
+    try:
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses anything but tensors
+        raise PeftlabError(f"{legacy}: refused or unreadable ({err})") from None
+
+
+def import_peft(model: nn.Module, directory, name: str | None = None, *, trainable: bool = False,
+                activate: bool = True) -> nn.Module:
+    """Attach a LoRA or IA3 adapter that HF PEFT saved (`save_pretrained`) in `directory`."""
+    directory = Path(directory)
+    config = _config_from_peft(read_json(directory / "adapter_config.json"), directory / "adapter_config.json")
+    raw = _read_peft_weights(directory)
+    name = name or "default"
+    attach(model, config, name, activate=activate, trainable=trainable)
+    try:
+        tensors = {}
+        for key, tensor in raw.items():
+            if not key.startswith(_PREFIX):
+                raise PeftlabError(f"{directory}: unexpected tensor name '{key}'")
+            path, _, leaf = key[len(_PREFIX):].rpartition(".lora_" if ".lora_" in key else ".ia3_l")
+            leaf = ("lora_" + leaf) if ".lora_" in key else "ia3_l"
+            tensors[f"parts.{path}.0.{leaf}"] = tensor.flatten() if leaf == "ia3_l" else tensor
+        copy_into(adapter_state(model, name), tensors, directory / "adapter_model.safetensors")
+    except BaseException:
+        detach(model, name)
+        raise
+    return model

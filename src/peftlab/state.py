@@ -1,0 +1,71 @@
+"""What peftlab keeps on a model: its attachments, the active set, and base parameters trained in place.
+
+A `Controller` lives at `model._peftlab` (a plain attribute) from the first attach to the last detach;
+the adapters' own shared tensors live in `model.peftlab_adapters` (a ModuleDict, so `.to()`,
+`parameters()` and accelerate see them). Both disappear with the last detach.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import MethodConfig
+from .layouts import Layout
+from .surgery import Journal, Part, named_base_parameters
+
+HOME = "peftlab_adapters"
+
+
+@dataclass
+class Attachment:
+    name: str
+    config: MethodConfig
+    journal: Journal = field(default_factory=Journal)
+    parts: list[tuple[str, Part]] = field(default_factory=list)   # (slot path, part)
+    claimed: list[str] = field(default_factory=list)              # base parameters trained in place
+    slots: set[str] = field(default_factory=set)
+
+
+class Controller:
+    """Per-model bookkeeping. Base parameters trained in place are shared: each is claimed by the
+    adapters that train it, and restored to its original value when the last claim is released."""
+
+    def __init__(self, model: nn.Module, layout: Layout):
+        self.layout = layout
+        self.adapters: dict[str, Attachment] = {}
+        self.active: object = ()   # a tuple of names or a composition block
+        self.original_flags = {n: p.requires_grad for n, p in named_base_parameters(model)}
+        self.claims: dict[str, set[str]] = {}
+        self.originals: dict[str, torch.Tensor] = {}
+        self.base_count = sum(p.numel() for p in {id(p): p for _, p in named_base_parameters(model)}.values())
+
+    @torch.no_grad()
+    def claim(self, params: dict[str, nn.Parameter], adapter: str, train: bool, journal: Journal) -> None:
+        for name, param in params.items():
+            if adapter in self.claims.get(name, ()):
+                continue
+            if name not in self.claims:
+                self.claims[name] = set()
+                self.originals[name] = param.detach().clone()
+            self.claims[name].add(adapter)
+            param.requires_grad_(param.requires_grad or train)
+            journal.record(lambda name=name, param=param: self.release(name, param, adapter))
+
+    @torch.no_grad()
+    def release(self, name: str, param: nn.Parameter, adapter: str) -> None:
+        holders = self.claims.get(name, set())
+        holders.discard(adapter)
+        if not holders:
+            param.copy_(self.originals.pop(name))
+            param.requires_grad_(False)
+            self.claims.pop(name, None)
+
+
+def controller_of(model: nn.Module) -> Controller | None:
+    return model.__dict__.get("_peftlab")
+
+
+def home_of(model: nn.Module) -> nn.ModuleDict | None:
+    return model._modules.get(HOME)
