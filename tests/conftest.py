@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 torch.set_num_threads(2)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no model hub here; fail fast instead of retrying
 
 
 @pytest.fixture(autouse=True)

@@ -68,7 +68,9 @@ class AttachTarget:
         """Put `part` into the Slot at `site` (wrapping the module there if needed)."""
         base = self.module(site.path)
         part.to(**_placement(base))
+        part.train(base.training)   # a part attached to a model in eval mode starts in eval mode too
         slot = ensure_slot(self.model, site.path, site.stack, site.layer, self.journal)
+        slot.training = base.training
         add_part(slot, self.name, part, self.journal)
         self.attachment.parts.append((site.path, part))
         self.attachment.slots.add(site.path)
