@@ -1,2 +1,4 @@
 """Every method registers itself on import; importing this package registers them all."""
 from . import bitfit, bottleneck, full, ia3, lora  # noqa: F401
+from . import kernel  # noqa: F401
+from . import inducer  # noqa: F401

@@ -1,0 +1,449 @@
+"""Kernel-structure methods (Chen et al., NAACL 2022 Findings): each attention head is a kernel smoother.
+
+**KernelAdapter** learns the kernel's bandwidths: per layer, queries and keys are rescaled channel-wise
+per head, q' = (q + b_q) * beta_q, k' = k * beta_k (beta init ones, b_q init zeros: exactly the identity
+at init). Bandwidths are shared by the heads of a layer (`per_head=False`, the paper's default) or one
+per head. They act on the projection outputs, i.e. before rotary embeddings on Llama, and before the
+key/value cache, so cached generation sees the same keys.
+
+**KernelMix** gives every head its own low-rank update plus one shared low-rank term per projection:
+    dQ_h = s_q (B_h A_h x + b_h)          A_h: r_q x d,    B_h: d_h x r_q   (from the layer input x)
+    dV_h = s_v (B_h A_h k_h + b_h)        A_h: r_v x d_h,  B_h: d_h x r_v   (from the head's own key)
+    dO   = s_o (B [A_1 a_1; ...; A_H a_H] + b)   A_h: r_o x d_h, B: d x H r_o (from each head's output a_h)
+plus, per projection, s (B A x) of rank `shared_r_*` on the projection's own input. s = alpha / r for
+each term (alpha=None keeps s = 1, as in the paper's GPT-2 runs). The paper's init is N(0, 0.01^2)
+truncated at 2 sigma for every tensor (`init="normal"`); `init="zero"` zeroes every B and bias instead,
+which makes the method exactly the identity at init.
+
+On GPT-2 the three projections are one fused Conv1D: both methods act on the matching slices of its
+output (queries, keys, values in that order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..config import LayeredConfig, check
+from ..errors import PeftlabError
+from ..registry import register_method
+from ..surgery import Part
+from ..targeting import LayerSelection, feature_dims
+
+
+# --- attention geometry, shared by the kernel methods and the inducer ----------------------------
+
+def head_counts(target) -> tuple[int, int]:
+    """(query heads, key/value heads) from the model config; raise when unknown or inconsistent."""
+    config = target.hf_config
+    heads = getattr(config, "num_attention_heads", None)
+    check(isinstance(heads, int) and heads > 0,
+          f"{type(target.model).__name__}: cannot tell the number of attention heads (got {heads!r})")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    check(isinstance(kv_heads, int) and heads % kv_heads == 0,
+          f"num_key_value_heads={kv_heads!r} does not divide num_attention_heads={heads}")
+    return heads, kv_heads
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One projection's output inside a (possibly fused) module: channels [start, start + heads*head_dim)."""
+
+    start: int
+    heads: int
+    head_dim: int
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+    def take(self, h: torch.Tensor) -> torch.Tensor:
+        """The segment of `h` as (..., heads, head_dim)."""
+        return h[..., self.start:self.start + self.width].unflatten(-1, (self.heads, self.head_dim))
+
+    def put(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """`h` with this segment replaced by `new` (..., heads, head_dim); out of place."""
+        end = self.start + self.width
+        return torch.cat([h[..., :self.start], new.flatten(-2).to(h.dtype), h[..., end:]], dim=-1)
+
+
+def _split(width: int, heads: int, path: str, method: str) -> int:
+    if heads <= 0 or width % heads:
+        raise PeftlabError(f"{method}: {heads} attention heads do not divide the {width} features of {path}")
+    return width // heads
+
+
+def projection_segments(target, site, kinds: str, method: str) -> dict[str, Segment]:
+    """Where the q / k / v outputs (`kinds`, e.g. "qk") sit in the module at `site`."""
+    dims = feature_dims(target.module(site.path))
+    check(dims is not None, f"{method} cannot act on {site.path}: it is not a linear projection")
+    heads, kv_heads = head_counts(target)
+    counts = {"q": heads, "k": kv_heads, "v": kv_heads}
+    if site.slot == "attn.qkv":   # fused q, k, v of equal width (GPT-2)
+        width = dims[1] // 3
+        check(width * 3 == dims[1], f"{method}: fused projection {site.path} has {dims[1]} outputs, not 3 x d")
+        return {kind: Segment(i * width, counts[kind], _split(width, counts[kind], site.path, method))
+                for i, kind in enumerate("qkv") if kind in kinds}
+    kind = site.slot[-1]
+    return {kind: Segment(0, counts[kind], _split(dims[1], counts[kind], site.path, method))}
+
+
+def attention_sites(target, kinds: str, selection: LayerSelection) -> list:
+    """Sites of the self-attention projections named by `kinds` ("q", "k", "v"); the fused one once."""
+    if target.layout.attention.get("fused_qkv"):
+        return target.sites("attn.qkv", selection)
+    return [site for kind in kinds for site in target.sites(f"attn.{kind}", selection)]
+
+
+def truncated_normal_(tensor: torch.Tensor, std: float = 0.01) -> torch.Tensor:
+    """N(0, std^2) truncated at two standard deviations (the kernel-adapters papers' init)."""
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+# --- KernelAdapter ---------------------------------------------------------------------------------
+
+@dataclass
+class KernelAdapter(LayeredConfig):
+    per_head: bool = False        # one bandwidth vector per head (else shared by a layer's heads)
+    query_bias: bool = False      # q' = (q + b) * beta_q, b init zeros
+    scale_keys: bool = True       # False: queries only (the paper's "Q only" variant)
+
+    @property
+    def identity_at_init(self) -> bool:
+        return True
+
+    @property
+    def mergeable(self) -> bool:
+        return not self.query_bias
+
+
+class Bandwidth(nn.Module):
+    """Scales one projection segment per head: (x + bias) * bandwidth."""
+
+    def __init__(self, segment: Segment, per_head: bool, bias: bool):
+        super().__init__()
+        self.segment = segment
+        shape = (segment.heads, segment.head_dim) if per_head else (segment.head_dim,)
+        self.bandwidth = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.segment.take(h).to(self.bandwidth.dtype)
+        if self.bias is not None:
+            x = x + self.bias
+        return self.segment.put(h, x * self.bandwidth)
+
+    def full(self) -> torch.Tensor:
+        return self.bandwidth.expand(self.segment.heads, self.segment.head_dim).reshape(-1)
+
+
+class KernelScalePart(Part):
+    """Rescales the query and/or key segments of one projection's output."""
+
+    role = "output"
+
+    def __init__(self, segments: dict[str, Segment], per_head: bool, query_bias: bool, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.scales = nn.ModuleDict({kind: Bandwidth(seg, per_head, query_bias and kind == "q")
+                                     for kind, seg in segments.items()})
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for scale in self.scales.values():
+            h = scale(h)
+        return h
+
+    def merge_scale(self):
+        if any(scale.bias is not None for scale in self.scales.values()):
+            raise PeftlabError("a KernelAdapter with query_bias=True has no weight-space form to merge")
+        vector = torch.ones(self.out_features, device=next(self.parameters()).device)
+        for scale in self.scales.values():
+            start = scale.segment.start
+            vector = torch.cat([vector[:start], scale.full(), vector[start + scale.segment.width:]])
+        return vector, "out"
+
+
+def build_kernel_adapter(target, *, per_head, query_bias, scale_keys, layers, encoder_layers, decoder_layers,
+                         leave_out):
+    selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    kinds = "qk" if scale_keys else "q"
+    for site in attention_sites(target, kinds, selection):
+        segments = projection_segments(target, site, kinds, "KernelAdapter")
+        out_features = feature_dims(target.module(site.path))[1]
+        target.place(site, KernelScalePart(segments, per_head, query_bias, out_features))
+
+
+# --- KernelMix -------------------------------------------------------------------------------------
+
+@dataclass
+class KernelMix(LayeredConfig):
+    r_q: int = 3                  # head-specific rank of the query update
+    r_v: int = 8                  # head-specific rank of the value update
+    r_o: int = 8                  # head-specific rank of the output-projection update
+    shared_r_q: int = 12          # rank of the shared query term (0: none)
+    shared_r_v: int = 8           # rank of the shared value term (0: none)
+    shared_r_o: int = 8           # rank of the shared output term (0: none)
+    alpha: float | None = None    # each term is scaled by alpha / its rank; None: scale 1 (the paper)
+    dropout: float = 0.0
+    targets: tuple[Literal["q", "v", "o"], ...] = ("q", "v", "o")
+    init: Literal["normal", "zero"] = "normal"
+
+    def validate(self):
+        for name in ("r_q", "r_v", "r_o"):
+            check(getattr(self, name) > 0, f"KernelMix.{name} must be positive, got {getattr(self, name)}")
+        for name in ("shared_r_q", "shared_r_v", "shared_r_o"):
+            check(getattr(self, name) >= 0, f"KernelMix.{name} must be >= 0, got {getattr(self, name)}")
+        check(self.alpha is None or self.alpha > 0, f"KernelMix.alpha must be positive, got {self.alpha}")
+        check(0.0 <= self.dropout < 1.0, f"KernelMix.dropout must be in [0, 1), got {self.dropout}")
+        check(len(self.targets) > 0 and len(set(self.targets)) == len(self.targets),
+              f"KernelMix.targets must name q, v and/or o once each, got {list(self.targets)}")
+
+    @property
+    def identity_at_init(self) -> bool:
+        return self.init == "zero"
+
+
+def _scale(alpha, rank: int) -> float:
+    return 1.0 if alpha is None else alpha / rank
+
+
+class HeadLowRank(nn.Module):
+    """Per head h: s (B_h A_h x_h + b_h). `x` is (..., in) when shared_input, else (..., heads, in)."""
+
+    def __init__(self, heads: int, in_dim: int, out_dim: int, rank: int, scale: float, init: str):
+        super().__init__()
+        self.A = nn.Parameter(truncated_normal_(torch.empty(heads, rank, in_dim)))
+        self.B = nn.Parameter(torch.empty(heads, out_dim, rank))
+        self.b = nn.Parameter(torch.empty(heads, out_dim))
+        for tensor in (self.B, self.b):
+            truncated_normal_(tensor) if init == "normal" else nn.init.zeros_(tensor)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        low = torch.einsum("...i,hri->...hr" if shared_input else "...hi,hri->...hr", x, self.A)
+        return self.scale * (torch.einsum("...hr,hor->...ho", low, self.B) + self.b)
+
+
+class SharedLowRank(nn.Module):
+    """s B A x, with A: rank x in and B: out x rank."""
+
+    def __init__(self, in_dim: int, out_dim: int, rank: int, scale: float, init: str):
+        super().__init__()
+        self.A = nn.Parameter(truncated_normal_(torch.empty(rank, in_dim)))
+        self.B = nn.Parameter(torch.empty(out_dim, rank))
+        truncated_normal_(self.B) if init == "normal" else nn.init.zeros_(self.B)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x @ self.A.T @ self.B.T)
+
+
+class QueryMix(nn.Module):
+    """dQ from the layer input x, as (..., heads, head_dim)."""
+
+    def __init__(self, segment: Segment, d_in: int, rank: int, shared_rank: int, alpha, init: str, dropout: float):
+        super().__init__()
+        self.segment = segment
+        self.head = HeadLowRank(segment.heads, d_in, segment.head_dim, rank, _scale(alpha, rank), init)
+        self.shared = SharedLowRank(d_in, segment.width, shared_rank, _scale(alpha, shared_rank), init) \
+            if shared_rank else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x.to(self.head.A.dtype))
+        delta = self.head(x, shared_input=True)
+        if self.shared is not None:
+            delta = delta + self.shared(x).unflatten(-1, (self.segment.heads, self.segment.head_dim))
+        return delta
+
+
+class ValueMix(nn.Module):
+    """dV of each key/value head from that head's key; the shared term reads the projection's input x."""
+
+    def __init__(self, segment: Segment, d_in: int, rank: int, shared_rank: int, alpha, init: str, dropout: float):
+        super().__init__()
+        self.segment = segment
+        hd = segment.head_dim
+        self.head = HeadLowRank(segment.heads, hd, hd, rank, _scale(alpha, rank), init)
+        self.shared = SharedLowRank(d_in, segment.width, shared_rank, _scale(alpha, shared_rank), init) \
+            if shared_rank else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.head.A.dtype
+        delta = self.head(self.dropout(keys.to(dtype)), shared_input=False)
+        if self.shared is not None:
+            shared = self.shared(self.dropout(x.to(dtype)))
+            delta = delta + shared.unflatten(-1, (self.segment.heads, self.segment.head_dim))
+        return delta
+
+
+class OutputMix(nn.Module):
+    """dO from the heads' outputs a_h (the output projection's input), block-wise down, one up."""
+
+    def __init__(self, heads: int, head_dim: int, d_out: int, rank: int, shared_rank: int, alpha, init: str,
+                 dropout: float):
+        super().__init__()
+        self.heads, self.head_dim, self.scale = heads, head_dim, _scale(alpha, rank)
+        self.A = nn.Parameter(truncated_normal_(torch.empty(heads, rank, head_dim)))
+        self.B = nn.Parameter(torch.empty(d_out, heads * rank))
+        self.b = nn.Parameter(torch.empty(d_out))
+        for tensor in (self.B, self.b):
+            truncated_normal_(tensor) if init == "normal" else nn.init.zeros_(tensor)
+        self.shared = SharedLowRank(heads * head_dim, d_out, shared_rank, _scale(alpha, shared_rank), init) \
+            if shared_rank else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x.to(self.A.dtype))
+        low = torch.einsum("...hi,hri->...hr", x.unflatten(-1, (self.heads, self.head_dim)), self.A)
+        delta = self.scale * (low.flatten(-2) @ self.B.T + self.b)
+        return delta if self.shared is None else delta + self.shared(x)
+
+
+class QueryPart(Part):
+    role = "add"
+
+    def __init__(self, mix: QueryMix):
+        super().__init__()
+        self.mix = mix
+
+    def forward(self, x):
+        return self.mix(x).flatten(-2).to(x.dtype)
+
+
+class KeyStash(Part):
+    """Hands the key projection's output to the value part of the same layer (same forward)."""
+
+    role = "output"
+
+    def __init__(self, consumer: "ValuePart"):
+        super().__init__()
+        self.__dict__["consumer"] = consumer   # a plain reference: the weights live in the consumer
+
+    def forward(self, h):
+        self.consumer.pending_keys = h
+        return h
+
+
+class ValuePart(Part):
+    role = "add"
+
+    def __init__(self, mix: ValueMix):
+        super().__init__()
+        self.mix, self.pending_keys = mix, None
+
+    def forward(self, x):
+        keys, self.pending_keys = self.pending_keys, None
+        if keys is None:
+            raise PeftlabError("KernelMix: the value projection ran before the key projection of its layer")
+        keys = keys.unflatten(-1, (self.mix.segment.heads, self.mix.segment.head_dim))
+        return self.mix(keys, x).flatten(-2).to(x.dtype)
+
+
+class OutputPart(Part):
+    role = "add"
+
+    def __init__(self, mix: OutputMix):
+        super().__init__()
+        self.mix = mix
+
+    def forward(self, x):
+        return self.mix(x).to(x.dtype)
+
+
+class FusedInputTap(Part):
+    role = "tap"
+
+    def __init__(self, owner: "FusedMixPart"):
+        super().__init__()
+        self.__dict__["owner"] = owner
+
+    def forward(self, x):
+        self.owner.pending_input = x
+
+
+class FusedMixPart(Part):
+    """GPT-2's fused q/k/v projection: adds dQ and dV to their slices; dV reads the key slice."""
+
+    role = "output"
+
+    def __init__(self, segments: dict[str, Segment], query: QueryMix | None, value: ValueMix | None):
+        super().__init__()
+        self.segments, self.query, self.value, self.pending_input = segments, query, value, None
+
+    def forward(self, h):
+        x, self.pending_input = self.pending_input, None
+        if self.value is not None:
+            keys = self.segments["k"].take(h)
+            v = self.segments["v"]
+            h = v.put(h, v.take(h) + self.value(keys, x).to(h.dtype))
+        if self.query is not None:
+            q = self.segments["q"]
+            h = q.put(h, q.take(h) + self.query(x).to(h.dtype))
+        return h
+
+
+def _place_fused(target, site, mixes):
+    segments = projection_segments(target, site, "qkv", "KernelMix")
+    query = mixes["q"](segments["q"]) if "q" in mixes else None
+    value = mixes["v"](segments["v"]) if "v" in mixes else None
+    part = FusedMixPart(segments, query, value)
+    target.place(site, FusedInputTap(part))
+    target.place(site, part)
+
+
+def build_kernel_mix(target, *, r_q, r_v, r_o, shared_r_q, shared_r_v, shared_r_o, alpha, dropout, targets, init,
+                     layers, encoder_layers, decoder_layers, leave_out):
+    selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    d = target.hidden_size
+    mixes = {}
+    if "q" in targets:
+        mixes["q"] = lambda seg: QueryMix(seg, d, r_q, shared_r_q, alpha, init, dropout)
+    if "v" in targets:
+        mixes["v"] = lambda seg: ValueMix(seg, d, r_v, shared_r_v, alpha, init, dropout)
+    if target.layout.attention.get("fused_qkv"):
+        if mixes:
+            for site in target.sites("attn.qkv", selection):
+                _place_fused(target, site, mixes)
+    else:
+        _place_separate(target, selection, mixes)
+    if "o" in targets:
+        heads, _ = head_counts(target)
+        for site in target.sites("attn.o", selection):
+            d_in, d_out = feature_dims(target.module(site.path))
+            head_dim = _split(d_in, heads, site.path, "KernelMix")
+            target.place(site, OutputPart(OutputMix(heads, head_dim, d_out, r_o, shared_r_o, alpha, init, dropout)))
+
+
+def _place_separate(target, selection, mixes):
+    if "q" in mixes:
+        for site in target.sites("attn.q", selection):
+            target.place(site, QueryPart(mixes["q"](projection_segments(target, site, "q", "KernelMix")["q"])))
+    if "v" in mixes:
+        keys = {(s.stack, s.layer): s for s in target.sites("attn.k", selection)}
+        for site in target.sites("attn.v", selection):
+            segment = projection_segments(target, site, "v", "KernelMix")["v"]
+            key_site = keys[(site.stack, site.layer)]
+            key_segment = projection_segments(target, key_site, "k", "KernelMix")["k"]
+            check(key_segment == segment, f"KernelMix: keys at {key_site.path} and values at {site.path} "
+                                          "have different head shapes")
+            part = ValuePart(mixes["v"](segment))
+            target.place(key_site, KeyStash(part))
+            target.place(site, part)
+
+
+def _kernel_example(arch, tmp_dir):
+    return KernelAdapter(per_head=True, query_bias=arch in ("gpt2", "t5"))
+
+
+def _mix_example(arch, tmp_dir):
+    return KernelMix(r_q=2, r_v=2, r_o=2, shared_r_q=2, shared_r_v=1, shared_r_o=1, alpha=4.0)
+
+
+register_method("kernel_adapter", KernelAdapter, build_kernel_adapter, aliases=("kernel", "kernel-adapter"),
+                example=_kernel_example)
+register_method("kernel_mix", KernelMix, build_kernel_mix, aliases=("kernel-mix",), example=_mix_example)
