@@ -211,6 +211,22 @@ def install(target, site: Site, extension: AttentionExtension) -> AttentionExten
     return extension
 
 
+def kv_geometry(module: nn.Module) -> tuple[int, int]:
+    """(key/value heads, head size) of an attention module, read from its key projection's width."""
+    head_dim = next((getattr(module, a) for a in ("head_dim", "key_value_proj_dim", "attention_head_size")
+                     if isinstance(getattr(module, a, None), int)), None)
+    if head_dim is None:
+        raise PeftlabError(f"{type(module).__name__}: cannot tell its head size")
+    for name in ("k", "k_proj", "key"):
+        proj = getattr(module, name, None)
+        if proj is not None:
+            return proj.weight.shape[0] // head_dim, head_dim
+    fused = getattr(module, "c_attn", None)   # GPT-2: one Conv1D (in, 3 * width) for q, k, v
+    if fused is not None:
+        return fused.weight.shape[1] // 3 // head_dim, head_dim
+    raise PeftlabError(f"{type(module).__name__}: cannot find its key projection")
+
+
 def adapter_home(target) -> nn.Module:
     """`target.home()`, with its undo made safe: the core journals `ModuleDict.pop(name, None)`, which
     ModuleDict rejects (it takes no default), so detach would fail; journal a working undo instead."""

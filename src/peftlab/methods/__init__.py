@@ -2,3 +2,5 @@
 from . import bitfit, bottleneck, full, ia3, lora  # noqa: F401
 from . import kernel  # noqa: F401
 from . import inducer  # noqa: F401
+from . import prefix, prompt  # noqa: F401
+from . import intrinsic, lowrank, phm  # noqa: F401

@@ -1,0 +1,121 @@
+"""Prompt tuning (Lester et al.): m trainable virtual-token embeddings prepended to the (encoder) input.
+
+Initializations: `random` U(-0.5, 0.5); `vocab` rows of the model's embedding matrix, ids 0..m-1
+(`vocab_ids="first"`, Compacter) or m ids drawn from range(`vocab_range`) with `seed` (`"sample"`,
+ATTEMPT); `text` the embeddings of `init_text` (tokenized by the tokenizer at `tokenizer`, a local
+path or hub id) or of `init_token_ids`, repeated to length m. The prompt is saved as `home.prompt.embedding`,
+which SPoT and ATTEMPT read back as source prompts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..attention import adapter_home
+from ..config import MethodConfig, check
+from ..errors import PeftlabError
+from ..prompting import PromptProvider, install_prompt
+from ..registry import register_method
+
+PROMPT_KEY = "home.prompt.embedding"
+
+
+@dataclass
+class PromptTuning(MethodConfig):
+    length: int = 100
+    init: Literal["random", "vocab", "text"] = "random"
+    vocab_ids: Literal["first", "sample"] = "first"
+    vocab_range: int = 5000
+    seed: int = 0
+    init_text: str | None = None
+    init_token_ids: tuple[int, ...] | None = None
+    tokenizer: str | None = None
+
+    def validate(self):
+        check(self.length >= 1, f"PromptTuning.length must be >= 1, got {self.length}")
+        if self.init == "text":
+            check(bool(self.init_token_ids) or (bool(self.init_text) and bool(self.tokenizer)),
+                  "PromptTuning init='text' needs init_token_ids, or init_text with a tokenizer path")
+
+
+class PromptEmbedding(PromptProvider):
+    """One prompt for every example: (1, m, d)."""
+
+    def __init__(self, initial: torch.Tensor):
+        super().__init__()
+        self.length = initial.shape[0]
+        self.embedding = nn.Parameter(initial.detach().clone().float())
+
+    def forward(self, embeds, mask, task_ids):
+        return self.embedding.unsqueeze(0)
+
+
+def embedding_matrix(target) -> torch.Tensor:
+    return target.model.get_input_embeddings().weight
+
+
+def vocab_init(target, length: int, vocab_ids: str, vocab_range: int, seed: int) -> torch.Tensor:
+    table = embedding_matrix(target)
+    size = table.shape[0]
+    if vocab_ids == "first":
+        check(length <= size, f"prompt length {length} is larger than the vocabulary ({size} tokens) "
+                              "for init='vocab'")
+        ids = torch.arange(length)
+    else:
+        pool = min(vocab_range, size)
+        check(length <= pool, f"prompt length {length} is larger than the {pool} token ids to sample from")
+        ids = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:length]
+    return table.detach()[ids.to(table.device)].clone()
+
+
+def text_ids(init_text, init_token_ids, tokenizer) -> list[int]:
+    if init_token_ids:
+        return list(init_token_ids)
+    try:
+        from transformers import AutoTokenizer
+        ids = AutoTokenizer.from_pretrained(tokenizer)(init_text, add_special_tokens=False)["input_ids"]
+    except OSError as err:
+        raise PeftlabError(f"cannot load tokenizer '{tokenizer}' for init_text ({err})") from None
+    if not ids:
+        raise PeftlabError(f"init_text {init_text!r} tokenizes to no tokens")
+    return ids
+
+
+def initial_prompt(target, *, length, init, vocab_ids, vocab_range, seed, init_text, init_token_ids,
+                   tokenizer) -> torch.Tensor:
+    if init == "vocab":
+        return vocab_init(target, length, vocab_ids, vocab_range, seed)
+    if init == "text":
+        ids = text_ids(init_text, init_token_ids, tokenizer)
+        table = embedding_matrix(target)
+        bad = [i for i in ids if not 0 <= i < table.shape[0]]
+        check(not bad, f"init token id {bad[0] if bad else ''} is outside the vocabulary ({table.shape[0]})")
+        repeated = (ids * (length // len(ids) + 1))[:length]
+        return table.detach()[torch.tensor(repeated, device=table.device)].clone()
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(length, target.hidden_size, generator=g) - 0.5
+
+
+def attach_prompt(target, initial: torch.Tensor, provider: PromptProvider | None = None) -> PromptProvider:
+    """Put a prompt provider (default: a trainable PromptEmbedding of `initial`) at home.prompt and hook it."""
+    check(initial.shape[-1] == target.hidden_size,
+          f"prompt width {initial.shape[-1]} differs from the model's hidden size {target.hidden_size}")
+    provider = provider or PromptEmbedding(initial)
+    home = adapter_home(target)
+    home.prompt = provider.to(embedding_matrix(target).device)
+    install_prompt(target, provider)
+    return provider
+
+
+def build_prompt(target, **kwargs):
+    attach_prompt(target, initial_prompt(target, **kwargs))
+
+
+def _example(arch, tmp_dir):
+    return PromptTuning(length=4)
+
+
+register_method("prompt_tuning", PromptTuning, build_prompt, aliases=("prompt-tuning", "prompt"), example=_example)

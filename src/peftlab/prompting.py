@@ -1,0 +1,193 @@
+"""The one shared mechanism for input-embedding prompts (prompt tuning, SPoT, ATTEMPT).
+
+A `PromptProvider` returns the m virtual-token embeddings for a batch; `install_prompt` hooks the model
+(journaled forward pre-hooks with kwargs, no forked code) so that they are prepended to the input
+embeddings and every mask, position and label tensor stays aligned:
+
+- encoder-only (BERT, RoBERTa) and decoder-only (GPT-2, Llama) models: a pre-hook on the model itself
+  embeds `input_ids`, prepends the prompt and extends `attention_mask`, `token_type_ids`, `position_ids`
+  and, for causal LMs, `labels` (with -100). BERT then pools token 0, which is a virtual token, as HF PEFT
+  does. In `generate()` only the first step (empty cache) gets the prompt; later steps only extend the
+  mask and shift the positions, since the prompt already sits in the KV cache.
+- encoder-decoder models (T5, BART): a pre-hook on the encoder prepends the prompt (so the encoder call
+  `generate()` makes on its own is prompted too) and a pre-hook on the decoder extends the cross-attention
+  mask whenever it is m shorter than the encoder's output. The decoder input is left alone.
+
+Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs so the base
+model never sees them; the provider receives them.
+"""
+from __future__ import annotations
+
+import contextvars
+
+import torch
+from torch import nn
+
+from .errors import PeftlabError
+
+_TASK_IDS: contextvars.ContextVar = contextvars.ContextVar("peftlab_task_ids", default=None)
+
+
+class PromptProvider(nn.Module):
+    """Gives the prompt for a batch. `length` = m; `forward(embeds, mask, task_ids) -> (batch|1, m, d)`.
+
+    `embeds` are the real tokens' input embeddings (batch, n, d), `mask` their (batch, n) attention mask
+    (ones where not given); `task_ids` a (batch,) LongTensor when the batch carried one, else None."""
+
+    length: int = 0
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, task_ids):
+        raise NotImplementedError
+
+
+def max_positions(hf_config) -> int | None:
+    """The longest input the model's position embeddings allow (None: relative positions, no limit)."""
+    for attr in ("n_positions", "max_position_embeddings"):
+        value = getattr(hf_config, attr, None)
+        if isinstance(value, int):
+            if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
+                value -= (hf_config.pad_token_id or 0) + 1   # RoBERTa positions start after the pad id
+            return value
+    return None
+
+
+def check_length(target, length: int) -> None:
+    limit = max_positions(target.hf_config)
+    if limit is not None and length >= limit:
+        raise PeftlabError(f"prompt length {length} leaves no room for input: "
+                           f"this model has {limit} positions")
+
+
+def is_active(target) -> bool:
+    from .core import _names_in
+    return target.name in _names_in(target.controller.active)
+
+
+def install_prompt(target, provider: PromptProvider) -> None:
+    """Hook the model so that `provider`'s prompt is prepended to every (encoder) input (journaled)."""
+    check_length(target, provider.length)
+    model, stacks = target.model, target.stacks()
+    _install_task_ids(target)
+    if "encoder" in stacks and "decoder" in stacks:
+        encoder, decoder = model.get_encoder(), _decoder_of(model)
+        embed = encoder.embed_tokens
+        target.add_hook(encoder.register_forward_pre_hook, _encoder_hook(target, provider, embed), with_kwargs=True)
+        target.add_hook(decoder.register_forward_pre_hook, _cross_mask_hook(target, provider), with_kwargs=True)
+    else:
+        causal = "decoder" in stacks
+        hook = _model_hook(target, provider, model.get_input_embeddings(), causal)
+        target.add_hook(model.register_forward_pre_hook, hook, with_kwargs=True)
+
+
+def _decoder_of(model) -> nn.Module:
+    decoder = getattr(model, "get_decoder", lambda: None)()
+    if decoder is None:
+        raise PeftlabError(f"{type(model).__name__}: cannot find its decoder")
+    return decoder
+
+
+def _install_task_ids(target) -> None:
+    """Pop `task_ids` from the model's kwargs into a context variable for the providers. Each prompt
+    adapter installs its own pair of hooks; the first to run takes the ids, the others leave them."""
+    model, tokens = target.model, []
+
+    def pop(module, args, kwargs):
+        tokens.append(_TASK_IDS.set(kwargs.pop("task_ids")) if "task_ids" in kwargs else None)
+        return args, kwargs
+
+    def reset(module, args, kwargs, output):
+        token = tokens.pop() if tokens else None
+        if token is not None:
+            _TASK_IDS.reset(token)
+
+    target.add_hook(model.register_forward_pre_hook, pop, with_kwargs=True, prepend=True)
+    target.add_hook(model.register_forward_hook, reset, with_kwargs=True, always_call=True)
+
+
+def current_task_ids():
+    return _TASK_IDS.get()
+
+
+def _first_input(args, kwargs, key="input_ids"):
+    """Move a positional input_ids into kwargs, so every hook works on kwargs only."""
+    if args and kwargs.get(key) is None and torch.is_tensor(args[0]):
+        kwargs[key] = args[0]
+        args = args[1:]
+    return args, kwargs
+
+
+def _prompted(provider, embeds, mask):
+    """(embeds with the prompt in front, mask extended) for real-token `embeds` and `mask` (or None)."""
+    batch, n = embeds.shape[:2]
+    real_mask = torch.ones(batch, n, dtype=torch.long, device=embeds.device) if mask is None else mask
+    prompt = provider(embeds, real_mask, current_task_ids()).to(embeds.dtype).expand(batch, -1, -1)
+    ones = torch.ones(batch, provider.length, dtype=real_mask.dtype, device=real_mask.device)
+    return torch.cat([prompt, embeds], dim=1), torch.cat([ones, real_mask], dim=1)
+
+
+def _encoder_hook(target, provider, embed):
+    def hook(module, args, kwargs):
+        if not is_active(target):
+            return None
+        args, kwargs = _first_input(args, kwargs)
+        ids = kwargs.pop("input_ids", None)
+        embeds = kwargs.get("inputs_embeds")
+        embeds = embed(ids) if embeds is None else embeds
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompted(provider, embeds, kwargs.get("attention_mask"))
+        return args, kwargs
+
+    return hook
+
+
+def _cross_mask_hook(target, provider):
+    def hook(module, args, kwargs):
+        mask, states = kwargs.get("encoder_attention_mask"), kwargs.get("encoder_hidden_states")
+        if not is_active(target) or mask is None or states is None:
+            return None
+        if mask.shape[-1] + provider.length == states.shape[1]:
+            ones = torch.ones(*mask.shape[:-1], provider.length, dtype=mask.dtype, device=mask.device)
+            kwargs["encoder_attention_mask"] = torch.cat([ones, mask], dim=-1)
+        return args, kwargs
+
+    return hook
+
+
+def _model_hook(target, provider, embed, causal: bool):
+    def hook(module, args, kwargs):
+        if not is_active(target):
+            return None
+        args, kwargs = _first_input(args, kwargs)
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            _shift_for_cached_prompt(kwargs, provider.length)
+            return args, kwargs
+        ids = kwargs.pop("input_ids", None)
+        embeds = kwargs.get("inputs_embeds")
+        embeds = embed(ids) if embeds is None else embeds
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompted(provider, embeds, kwargs.get("attention_mask"))
+        _extend_side_inputs(kwargs, provider.length, causal)
+        return args, kwargs
+
+    return hook
+
+
+def _shift_for_cached_prompt(kwargs, m: int) -> None:
+    """A generation step after the first: the prompt is in the cache; keep mask and positions aligned."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], m), mask], dim=1)
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = kwargs["position_ids"] + m
+
+
+def _extend_side_inputs(kwargs, m: int, causal: bool) -> None:
+    positions = kwargs.get("position_ids")
+    if positions is not None:
+        front = torch.arange(m, device=positions.device).expand(positions.shape[0], m)
+        kwargs["position_ids"] = torch.cat([front, positions + m], dim=1)
+    types = kwargs.get("token_type_ids")
+    if types is not None:
+        kwargs["token_type_ids"] = torch.cat([types.new_zeros(types.shape[0], m), types], dim=1)
+    labels = kwargs.get("labels")
+    if causal and labels is not None and labels.dim() == 2:
+        kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], m), -100), labels], dim=1)
