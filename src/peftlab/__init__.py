@@ -5,6 +5,7 @@
     print(pl.summary(model))
 """
 from . import methods as _methods  # noqa: F401  (registers every method)
+from .compose import Average, BatchSplit, Fuse, ParallelBlock, Stack, WeightedSum, route
 from .config import MethodConfig
 from .core import activate, adapters, attach, deactivate, detach, summary, trainable_parameters
 from .errors import PeftlabError
@@ -15,6 +16,13 @@ from .methods.bottleneck import Bottleneck, Houlsby, Parallel, Pfeiffer
 from .methods.full import FullFinetune
 from .methods.ia3 import IA3
 from .methods.lora import LoRA
+from .methods.intrinsic import IntrinsicSAID
+from .methods.lowrank import LowRankAdapter
+from .methods.phm import Compacter, CompacterPlusPlus, PHMAdapter
+from .methods.attempt import Attempt
+from .methods.prefix import PrefixTuning, eject_prefix
+from .methods.prompt import PromptTuning
+from .methods.spot import SPoT
 from .peft_interop import export_peft
 from .registry import config_from_dict, method_names
 
@@ -25,4 +33,7 @@ __all__ = [
     "save", "load", "merge", "unmerge", "export_peft", "config_from_dict", "method_names",
     "MethodConfig", "PeftlabError",
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
+    "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",
+    "PromptTuning", "PrefixTuning", "SPoT", "Attempt", "eject_prefix",
+    "Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "route",
 ]

@@ -4,3 +4,4 @@ from . import kernel  # noqa: F401
 from . import inducer  # noqa: F401
 from . import prefix, prompt  # noqa: F401
 from . import intrinsic, lowrank, phm  # noqa: F401
+from . import attempt, spot  # noqa: F401

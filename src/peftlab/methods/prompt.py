@@ -9,6 +9,7 @@ which SPoT and ATTEMPT read back as source prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,6 +22,7 @@ from ..prompting import PromptProvider, install_prompt
 from ..registry import register_method
 
 PROMPT_KEY = "home.prompt.embedding"
+ATTEMPT_TARGET_KEY = "home.prompt.targets"
 
 
 @dataclass
@@ -108,6 +110,23 @@ def attach_prompt(target, initial: torch.Tensor, provider: PromptProvider | None
     home.prompt = provider.to(embedding_matrix(target).device)
     install_prompt(target, provider)
     return provider
+
+
+def read_saved_prompt(directory, task: int = 0) -> torch.Tensor:
+    """The (m, d) prompt of a saved prompt-tuning, SPoT or ATTEMPT run (ATTEMPT: the target of `task`)."""
+    from ..io import CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors
+    directory = Path(directory)
+    meta = read_json(directory / CONFIG_FILE)
+    method = meta.get("config", {}).get("method")
+    tensors = read_safetensors(directory / WEIGHTS_FILE)
+    if method in ("prompt_tuning", "spot") and PROMPT_KEY in tensors:
+        return tensors[PROMPT_KEY]
+    if method == "attempt" and ATTEMPT_TARGET_KEY in tensors:
+        targets = tensors[ATTEMPT_TARGET_KEY]
+        check(0 <= task < targets.shape[0], f"{directory}: task {task} out of range (0..{targets.shape[0] - 1})")
+        return targets[task]
+    raise PeftlabError(f"{directory}: not a saved prompt (method {method!r}); save a PromptTuning, SPoT "
+                       "or Attempt adapter with pl.save")
 
 
 def build_prompt(target, **kwargs):

@@ -1,0 +1,163 @@
+"""ATTEMPT (Asai et al.): an attentional mixture of frozen source prompts and a trainable target prompt.
+
+For an input x: x̂ = max-pool over the real tokens of the input embeddings; h = LayerNorm(W_up SiLU(W_down x̂))
+(W_down d -> `attn_hidden`, W_up back to d, no biases); P̂_j = max-pool over prompt j's tokens;
+a = softmax_j(P̂_j · h / T) over the t sources and the target, T = d·e by default; the prompt prepended is
+P = P_target + Σ_j a_j P_j (the target included in the sum). Trainable: the target prompt(s), W_down and
+W_up (230,400 on T5-base), plus the LayerNorm with `train_layer_norm` (+2d).
+
+Sources come from saved prompt-tuning runs (`sources`: directories written by `pl.save`), re-read at
+attach, so they are not saved again; without `sources`, `num_sources` frozen prompts are drawn from the
+vocabulary (seeded), which is enough for counting parameters. Multi-task (`tasks`): one target prompt
+per task, G shared; each batch carries `task_ids` (LongTensor, one per row) and every row uses its own
+task's target. The mixing weights of every forward are recorded with `peftlab.observe` (series
+"attempt/<adapter>/<task>"); `mixing_weights` computes them for a batch without running the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import observe
+from ..config import MethodConfig, check
+from ..errors import PeftlabError
+from ..prompting import PromptProvider
+from ..registry import register_method
+from .prompt import attach_prompt, vocab_init
+from .spot import load_sources, save_example_prompts
+
+
+@dataclass
+class Attempt(MethodConfig):
+    sources: tuple[str, ...] = ()
+    num_sources: int | None = None
+    length: int | None = None          # taken from the sources; 100 without them
+    temperature: float | None = None   # default d * e
+    target_init: int = 0               # which source the target prompt(s) start from
+    tasks: tuple[str, ...] = ()        # multi-task mode: one target prompt per task name
+    attn_hidden: int = 100
+    train_layer_norm: bool = False
+    save_prompt_only: bool = False     # save only the target prompt(s); G starts fresh on load
+    seed: int = 0
+
+    def validate(self):
+        if self.sources:
+            check(self.num_sources in (None, len(self.sources)),
+                  f"Attempt.num_sources={self.num_sources} but {len(self.sources)} sources are given")
+        else:
+            check((self.num_sources or 0) >= 1, "Attempt needs sources (saved prompt dirs) or num_sources >= 1")
+        count = len(self.sources) or self.num_sources
+        check(0 <= self.target_init < count, f"Attempt.target_init={self.target_init} is not a source index "
+                                             f"(0..{count - 1})")
+        check(self.length is None or self.length >= 1, f"Attempt.length must be >= 1, got {self.length}")
+        check(self.temperature is None or self.temperature > 0,
+              f"Attempt.temperature must be > 0, got {self.temperature}")
+        check(self.attn_hidden >= 1, f"Attempt.attn_hidden must be >= 1, got {self.attn_hidden}")
+        check(len(set(self.tasks)) == len(self.tasks), f"Attempt.tasks has duplicates: {list(self.tasks)}")
+
+
+def masked_max_pool(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the real tokens (mask 1) of (batch, n, d) -> (batch, d)."""
+    fill = torch.finfo(embeds.dtype).min
+    return embeds.masked_fill(mask[..., None] == 0, fill).amax(dim=1)
+
+
+class AttemptPrompt(PromptProvider):
+    def __init__(self, sources: torch.Tensor, targets: torch.Tensor, temperature: float, attn_hidden: int,
+                 train_layer_norm: bool, task_names: tuple[str, ...], source_names: list[str]):
+        super().__init__()
+        d = sources.shape[-1]
+        self.length = sources.shape[1]
+        self.register_buffer("sources", sources.float().clone(), persistent=False)   # re-read at attach
+        self.targets = nn.Parameter(targets.float().clone())                        # (tasks, m, d)
+        self.down = nn.Linear(d, attn_hidden, bias=False)
+        self.up = nn.Linear(attn_hidden, d, bias=False)
+        self.norm = nn.LayerNorm(d, elementwise_affine=train_layer_norm)   # frozen = its identity affine
+        self.temperature, self.task_names, self.labels = temperature, task_names, [*source_names, "target"]
+
+    def task_rows(self, task_ids, batch: int) -> torch.Tensor:
+        """Index of each row's target prompt; raises when multi-task mode gets no (or bad) task ids."""
+        if not self.task_names:
+            return torch.zeros(batch, dtype=torch.long, device=self.targets.device)
+        if task_ids is None:
+            raise PeftlabError(f"Attempt in multi-task mode ({len(self.task_names)} tasks) needs task_ids "
+                               "in the batch (a LongTensor with one task index per row)")
+        ids = torch.as_tensor(task_ids, device=self.targets.device).long().reshape(-1)
+        if ids.numel() != batch or ids.min() < 0 or ids.max() >= len(self.task_names):
+            raise PeftlabError(f"Attempt task_ids {ids.tolist()} must give one index in 0..{len(self.task_names) - 1} "
+                               f"per row of a batch of {batch}")
+        return ids
+
+    def mixing(self, embeds, mask, task_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-row target prompts (b, m, d), weights (b, t+1)) — pure; the last weight is the target's."""
+        rows = self.task_rows(task_ids, embeds.shape[0])
+        target = self.targets[rows]
+        h = self.norm(self.up(F.silu(self.down(masked_max_pool(embeds.float(), mask)))))
+        pooled_sources = self.sources.amax(dim=1)                      # (t, d)
+        scores = torch.cat([h @ pooled_sources.T, (target.amax(dim=1) * h).sum(-1, keepdim=True)], dim=-1)
+        return target, torch.softmax(scores / self.temperature, dim=-1)
+
+    def forward(self, embeds, mask, task_ids):
+        target, weights = self.mixing(embeds, mask, task_ids)
+        mixed = torch.einsum("bj,jmd->bmd", weights[:, :-1], self.sources) + weights[:, -1, None, None] * target
+        self._record(weights, task_ids)
+        return target + mixed
+
+    def _record(self, weights, task_ids) -> None:
+        if not observe.capturing():
+            return
+        rows = self.task_rows(task_ids, weights.shape[0])
+        for index, task in enumerate(self.task_names or ("default",)):
+            chosen = rows == index
+            if chosen.any():
+                observe.record(f"attempt/{self.adapter_name}/{task}", self.labels, weights[chosen])
+
+
+def _drop_g_from_state(module, state, prefix, local_metadata):
+    """`save_prompt_only`: the adapter's saved (and loaded) state is the target prompt(s) alone."""
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(prefix + "targets")]:
+        del state[key]
+
+
+def mixing_weights(model: nn.Module, name: str, embeds: torch.Tensor, mask: torch.Tensor | None = None,
+                   task_ids=None) -> torch.Tensor:
+    """The (batch, t+1) ATTEMPT weights adapter `name` gives a batch of input embeddings (sources, target)."""
+    provider = model.peftlab_adapters[name].prompt
+    mask = torch.ones(embeds.shape[:2], device=embeds.device) if mask is None else mask
+    with torch.no_grad():
+        return provider.mixing(embeds, mask, task_ids)[1]
+
+
+def _random_sources(target, count: int, length: int, seed: int) -> torch.Tensor:
+    return torch.stack([vocab_init(target, length, "sample", 5000, seed + i) for i in range(count)]).float()
+
+
+def build_attempt(target, *, sources, num_sources, length, temperature, target_init, tasks, attn_hidden,
+                  train_layer_norm, save_prompt_only, seed):
+    if sources:
+        stacked = load_sources(target, sources)
+        check(length in (None, stacked.shape[1]),
+              f"Attempt.length={length} but the source prompts have {stacked.shape[1]} tokens")
+        names = [str(s).rstrip("/").rsplit("/", 1)[-1] for s in sources]
+    else:
+        stacked = _random_sources(target, num_sources, length or 100, seed)
+        names = [f"source{i}" for i in range(num_sources)]
+    d = target.hidden_size
+    targets = stacked[target_init].expand(max(len(tasks), 1), -1, -1)
+    provider = AttemptPrompt(stacked, targets, temperature or d * math.e, attn_hidden, train_layer_norm,
+                             tuple(tasks), names)
+    provider.adapter_name = target.name
+    if save_prompt_only:
+        provider._register_state_dict_hook(_drop_g_from_state)
+    attach_prompt(target, stacked[0], provider)
+
+
+def _example(arch, tmp_dir):
+    return Attempt(sources=save_example_prompts(arch, tmp_dir), attn_hidden=8)
+
+
+register_method("attempt", Attempt, build_attempt, example=_example)
