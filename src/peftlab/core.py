@@ -6,6 +6,7 @@ import re
 import torch
 from torch import nn
 
+from . import compose
 from .config import MethodConfig, closest
 from .errors import PeftlabError
 from .layouts import layout_for
@@ -63,27 +64,35 @@ def detach(model: nn.Module, name: str | None = None) -> nn.Module:
         unmerge(model, name)
         controller.adapters.pop(name)
     attachment.journal.rollback()
-    active = controller.active
-    if isinstance(active, tuple):
-        set_active(model, tuple(n for n in active if n != name))
+    set_active(model, compose.without(controller.active, name))
     if not controller.adapters:
         _remove_controller(model)
     return model
 
 
 def set_active(model: nn.Module, block) -> None:
-    """Make `block` (a tuple of names, or a composition) the active setup on every slot."""
+    """Make `block` (a tuple of names, or a composition) the active setup on every slot.
+
+    Checks names and nesting first; attaches the mixing adapters a Fuse / WeightedSum needs (and the
+    new adapter of an Average) on first use. On any error the active setup is unchanged."""
     controller = _require(model)
-    names = _names_in(block)
-    for n in names:
+    block = compose.normalize(block)
+    for n in compose.member_names(block):
         if n not in controller.adapters:
             raise PeftlabError(f"no adapter named '{n}'{closest(n, controller.adapters)}; "
                                f"attached: {', '.join(controller.adapters) or 'none'}")
+    compose.check(block, controller)
+    block = compose.prepare(model, block)
     controller.active = block
+    names = _names_in(block)
     for _, module in model.named_modules():
         if isinstance(module, Slot):
             module.active = tuple(n for n in names if n in module.parts)
-            module.block = block
+            module.block = block if not isinstance(block, str) else (block,)
+    if controller.adapters:
+        compose.install(model)   # routing hooks for `adapter_names=[...]` and row blocks
+    else:
+        compose.uninstall(model)
 
 
 def activate(model: nn.Module, *names) -> nn.Module:
@@ -205,11 +214,4 @@ def _pick(controller: Controller, name: str | None) -> str:
 
 
 def _names_in(block) -> tuple[str, ...]:
-    if isinstance(block, str):
-        return (block,)
-    if isinstance(block, (tuple, list)):
-        return tuple(n for item in block for n in _names_in(item))
-    names = getattr(block, "adapter_names", None)
-    if names is None:
-        raise PeftlabError(f"cannot activate {block!r}: give adapter names or a composition block")
-    return tuple(names())
+    return compose.all_names(compose.normalize(block))

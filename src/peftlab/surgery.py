@@ -6,7 +6,8 @@ exactly as it was: same module objects, same parameters, bit for bit.
 
 A `Slot` wraps one base module and keeps it as `base_layer`. Method parts placed at the slot take one
 of four roles around the base call:  input (x -> x'), add (x -> delta added to the output),
-output (y -> y'), tap (sees x, returns nothing; used to carry a sublayer's input to a parallel branch).
+output (y -> y'), tap (sees x, returns nothing; used to carry a sublayer's input to a parallel branch),
+and mix (composition only: mixes several adapters' outputs, see compose/evaluate.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-ROLES = ("tap", "input", "add", "output")
+ROLES = ("tap", "input", "add", "output", "mix")
 
 
 class Journal:
@@ -41,6 +42,7 @@ class Slot(nn.Module):
         self.parts = nn.ModuleDict()          # adapter name -> ModuleList of parts
         self.path, self.stack, self.layer = path, stack, layer
         self.active: tuple[str, ...] = ()     # set by activate(); read-only in forward
+        self.block: object = ()               # the active block (a tuple of names, or a composition)
 
     def __getattr__(self, name: str):
         try:
@@ -58,6 +60,8 @@ class Slot(nn.Module):
         return out
 
     def forward(self, *args, **kwargs):
+        if type(self.block) is not tuple or _compose_routing.current() is not None:
+            return _compose_evaluate.run_composed(self, args, kwargs)   # blocks and per-row routing
         parts = self.live_parts()
         if not parts:
             return self.base_layer(*args, **kwargs)
@@ -194,3 +198,5 @@ def set_attr(obj, name: str, value, journal: Journal) -> None:
     journal.record(restore)
 
 
+# Composition runs inside Slot.forward; imported last because compose builds on this module.
+from .compose import evaluate as _compose_evaluate, routing as _compose_routing  # noqa: E402
