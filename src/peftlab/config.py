@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 import warnings
@@ -69,6 +70,8 @@ def _coerce_scalar(value, tp, where):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise PeftlabError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value

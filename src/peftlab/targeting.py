@@ -33,16 +33,16 @@ class LayerSelection:
     leave_out: tuple[int, ...] = ()
 
     def indices(self, stack: str, n_layers: int) -> list[int]:
-        chosen = {"encoder": self.encoder_layers, "decoder": self.decoder_layers}.get(stack)
-        chosen = chosen if chosen is not None else self.layers
+        field = f"{stack}_layers" if getattr(self, f"{stack}_layers", None) is not None else "layers"
+        chosen = getattr(self, field, None)
         wanted = range(n_layers) if chosen is None else chosen
-        dropped = {_index(i, n_layers, stack) for i in self.leave_out}
-        return sorted({_index(i, n_layers, stack) for i in wanted} - dropped)
+        dropped = {_index(i, n_layers, stack, "leave_out") for i in self.leave_out}
+        return sorted({_index(i, n_layers, stack, field) for i in wanted} - dropped)
 
 
-def _index(i: int, n: int, stack: str) -> int:
+def _index(i: int, n: int, stack: str, field: str) -> int:
     if not -n <= i < n:
-        raise PeftlabError(f"layer index {i} is out of range for the {stack} stack of {n} layers")
+        raise PeftlabError(f"{field}: layer index {i} is out of range for the {stack} stack of {n} layers")
     return i % n
 
 

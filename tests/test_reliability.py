@@ -1,0 +1,109 @@
+"""Safe loading, fingerprints, and no leaks across many attach/detach cycles and training steps."""
+from __future__ import annotations
+
+import gc
+import re
+import resource
+from pathlib import Path
+
+import pytest
+import torch
+
+import peftlab as pl
+from tiny import tiny_batch, tiny_config, tiny_model
+
+SRC = Path(__file__).parent.parent / "src" / "peftlab"
+
+
+def test_source_has_no_unsafe_deserialization_or_eval():
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            unsafe_torch_load = "torch.load(" in code and "weights_only=True" not in code
+            if unsafe_torch_load or re.search(r"\b(pickle|dill|cloudpickle)\.loads?\(|(?<![.\w])(eval|exec)\(", code):
+                offenders.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+
+
+def test_saved_adapter_is_safetensors_and_json_only(tmp_path):
+    model = pl.attach(tiny_model("t5"), pl.Houlsby(reduction_factor=4))
+    pl.save(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peftlab_config.json", "peftlab_weights.safetensors"]
+
+
+def test_strict_false_loads_on_a_compatible_base_and_says_what_differs(tmp_path):
+    model = pl.attach(tiny_model("gpt2"), pl.LoRA())
+    pl.save(model, tmp_path)
+    config = tiny_config("gpt2")
+    config.n_inner = 48               # a different FFN width; LoRA on attention still fits
+    import transformers as tf
+    other = tf.GPT2LMHeadModel(config)
+    with pytest.raises(pl.PeftlabError, match="mlp.c_fc.weight"):
+        pl.load(other, tmp_path)
+    with pytest.warns(UserWarning, match=r"strict=False although base parameter 'transformer.h.0.mlp.c_fc.weight'"):
+        pl.load(other, tmp_path, strict=False)
+    assert list(pl.adapters(other)) == ["default"]
+
+
+def test_strict_false_still_refuses_adapter_tensors_that_do_not_fit(tmp_path):
+    model = pl.attach(tiny_model("gpt2"), pl.LoRA(slots=("ffn.in",)))
+    pl.save(model, tmp_path)
+    config = tiny_config("gpt2")
+    config.n_inner = 48
+    import transformers as tf
+    other = tf.GPT2LMHeadModel(config)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.warns(UserWarning), pytest.raises(pl.PeftlabError, match=r"has shape \[64, 8\], expected \[48, 8\]"):
+        pl.load(other, tmp_path, strict=False)
+    assert other.state_dict().keys() == before.keys()
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("config", [pl.LoRA(), pl.Houlsby(reduction_factor=4, drop_max_layers=1)],
+                         ids=lambda c: c.method)
+def test_attach_detach_1000_times_leaves_nothing_behind(config):
+    model = tiny_model("t5")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks, n_modules = _hook_count(model), len(list(model.modules()))
+    gc.collect()
+    objects_before = len(gc.get_objects())
+    for i in range(1000):
+        pl.attach(model, config, name="a")
+        pl.detach(model, "a")
+        if i == 100:
+            gc.collect()
+            objects_at_100 = len(gc.get_objects())
+    gc.collect()
+    assert _hook_count(model) == hooks and len(list(model.modules())) == n_modules
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert len(gc.get_objects()) - objects_at_100 < 500, "objects accumulate across attach/detach cycles"
+    assert len(gc.get_objects()) - objects_before < 5000
+
+
+def test_1000_training_steps_keep_memory_flat():
+    model = pl.attach(tiny_model("gpt2"), pl.Houlsby(reduction_factor=4, drop_max_layers=1))
+    model.train()
+    batch = tiny_batch("gpt2")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def steps(n):
+        for _ in range(n):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    steps(100)
+    gc.collect()
+    objects, rss = len(gc.get_objects()), _rss_mb()
+    steps(900)
+    gc.collect()
+    assert len(gc.get_objects()) - objects < 200
+    assert _rss_mb() - rss < 50
