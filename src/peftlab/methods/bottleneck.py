@@ -78,24 +78,35 @@ class Parallel(Bottleneck):
 
 
 class BottleneckNet(nn.Module):
-    """down -> f -> up (-> LN) with optional input LN and scaling; returns the branch, not h + branch."""
+    """down -> f -> up (-> LN) with optional input LN and scaling; returns the branch, not h + branch.
 
-    def __init__(self, d: int, k: int, non_linearity: str, ln_before: bool, ln_after: bool, scaling, init: str):
+    `linear(in_features, out_features)` builds the projections (default nn.Linear); a custom factory
+    (PHM, low-rank) returns modules that initialize themselves, so `init` applies to nn.Linear only."""
+
+    def __init__(self, d: int, k: int, non_linearity: str, ln_before: bool, ln_after: bool, scaling, init: str,
+                 linear=None):
         super().__init__()
         self.ln_before = nn.LayerNorm(d) if ln_before else None
-        self.down, self.act, self.up = nn.Linear(d, k), ACT2FN[non_linearity], nn.Linear(k, d)
+        make = linear or nn.Linear
+        self.down, self.act, self.up = make(d, k), ACT2FN[non_linearity], make(k, d)
         self.ln_after = nn.LayerNorm(d) if ln_after else None
         self.scale = nn.Parameter(torch.ones(1)) if scaling == "learned" else None
         self.fixed_scale = 1.0 if scaling == "learned" else float(scaling)
-        if init == "near_identity":   # Compacter: N(0, 1e-2) weights, zero biases
-            for linear in (self.down, self.up):
-                nn.init.normal_(linear.weight, std=1e-2)
-                nn.init.zeros_(linear.bias)
+        if linear is not None:
+            pass                      # the factory's modules chose their own initialization
+        elif init == "near_identity":   # Compacter: N(0, 1e-2) weights, zero biases
+            for layer in (self.down, self.up):
+                nn.init.normal_(layer.weight, std=1e-2)
+                nn.init.zeros_(layer.bias)
         else:                         # MAM / LoRA style: exact identity at init
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     def normed(self, h):
         return self.ln_before(h) if self.ln_before is not None else h
@@ -135,7 +146,7 @@ class SerialAdapter(_Dropping):
         self.net, self.residual_before_ln, self.schedule = net, residual_before_ln, schedule
 
     def forward(self, h):
-        x = self.net.normed(h.to(self.net.down.weight.dtype))
+        x = self.net.normed(h.to(self.net.dtype))
         residual = h if self.residual_before_ln else x.to(h.dtype)
         return residual + self.net.branch(x).to(h.dtype)
 
@@ -163,7 +174,7 @@ class ParallelOut(_Dropping):
 
     def forward(self, _x):
         x, self.pending = self.pending, None
-        return self.net.branch(self.net.normed(x.to(self.net.down.weight.dtype))).to(x.dtype)
+        return self.net.branch(self.net.normed(x.to(self.net.dtype))).to(x.dtype)
 
 
 def _width(target, path: str) -> int:
@@ -181,7 +192,7 @@ def _first_per_layer(sites):
 def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity, mh_adapter, output_adapter,
                      parallel, residual_before_ln, adapter_layernorm_before, adapter_layernorm_after, scaling,
                      init, drop_max_layers, drop_inference_layers, layers, encoder_layers, decoder_layers,
-                     leave_out):
+                     leave_out, linear=None):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     schedule = DropSchedule(drop_max_layers, drop_inference_layers)
     if drop_max_layers:
@@ -194,7 +205,8 @@ def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity
             d = _width(target, site.path)
             k = bottleneck_size or int(d // reduction_factor)
             check(k >= 1, f"reduction_factor {reduction_factor} gives a zero-size bottleneck for hidden size {d}")
-            net = BottleneckNet(d, k, non_linearity, adapter_layernorm_before, adapter_layernorm_after, scaling, init)
+            net = BottleneckNet(d, k, non_linearity, adapter_layernorm_before, adapter_layernorm_after, scaling, init,
+                                linear)
             if not parallel:
                 target.place(site, SerialAdapter(net, residual_before_ln, schedule))
                 continue

@@ -1,0 +1,239 @@
+"""Parameterized hypercomplex (PHM) layers and the adapters built from them (Mahabadi et al., Compacter).
+
+A PHM layer computes y = x W + b with W = sum_{i=1..n} A_i ⊗ B_i: n "rules" A_i (n x n) and n blocks
+B_i ((in/n) x (out/n)). W is built once per forward from these few parameters (one einsum), then used
+like an ordinary weight, so the per-token cost is that of a normal linear layer.
+
+Options (DESIGN §3): `phm_dim` n; `shared_phm_rule` (ONE rule tensor for the whole model, kept in the
+adapter's home module, so it is saved once and its gradient sums over every layer); `factorized_phm_rule`
+(A_i = a_i b_iᵀ); `factorized_phm_W` (B_i = s_i t_iᵀ of rank `phm_rank`); `shared_W_phm` (one set of
+blocks per layer shape for the whole model); `learn_phm` (train the rules or keep them fixed);
+`phm_c_init` and `phm_init_range` (rule init: normal std / uniform bound; 1e-4 for a shared rule,
+0.01 otherwise); `hypercomplex_nonlinearity` (init of the blocks: glorot-uniform, glorot-normal, normal).
+
+Methods: PHMAdapter (Houlsby placement, n = 12, per-layer rules), Compacter (Houlsby placement, n = 4,
+shared rule, factorized blocks of rank 1), CompacterPlusPlus (Compacter after the FFN only).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..attention import adapter_home  # target.home() with a working undo (see there)
+from ..config import check
+from ..errors import PeftlabError
+from ..ops.phm import kronecker_sum, low_rank_product
+from ..registry import register_method
+from .bottleneck import Bottleneck, NonLinearity, build_bottleneck
+
+WeightInit = Literal["glorot-uniform", "glorot-normal", "normal"]
+SHARED_RULE_RANGE, LAYER_RULE_RANGE = 1e-4, 1e-2
+
+
+@dataclass
+class PHMAdapter(Bottleneck):
+    """Bottleneck adapter whose down/up projections are PHM layers (Houlsby placement)."""
+
+    reduction_factor: float = 32.0
+    non_linearity: NonLinearity = "swish"
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    phm_dim: int = 12
+    shared_phm_rule: bool = False
+    factorized_phm_rule: bool = False
+    factorized_phm_W: bool = False
+    phm_rank: int = 1
+    shared_W_phm: bool = False
+    learn_phm: bool = True
+    phm_c_init: Literal["normal", "uniform"] = "normal"
+    phm_init_range: float | None = None     # None: 1e-4 for a shared rule, 0.01 for per-layer rules
+    hypercomplex_nonlinearity: WeightInit = "glorot-uniform"
+
+    def validate(self):
+        super().validate()
+        name = type(self).__name__
+        check(self.phm_dim >= 1, f"{name}.phm_dim must be >= 1, got {self.phm_dim}")
+        check(self.phm_rank >= 1, f"{name}.phm_rank must be >= 1, got {self.phm_rank}")
+        check(self.phm_init_range is None or self.phm_init_range > 0,
+              f"{name}.phm_init_range must be positive, got {self.phm_init_range}")
+        check(self.init == "near_identity", f"{name}.init {self.init!r} is not supported: PHM layers initialize "
+                                            f"themselves (hypercomplex_nonlinearity, phm_c_init)")
+
+
+@dataclass
+class Compacter(PHMAdapter):
+    phm_dim: int = 4
+    shared_phm_rule: bool = True
+    factorized_phm_W: bool = True
+
+
+@dataclass
+class CompacterPlusPlus(Compacter):
+    mh_adapter: bool = False
+    output_adapter: bool = True
+
+
+# --- modules ---------------------------------------------------------------------------------------
+
+def _init_rule(tensor: torch.Tensor, c_init: str, init_range: float) -> None:
+    if c_init == "uniform":
+        nn.init.uniform_(tensor, -init_range, init_range)
+    else:
+        nn.init.normal_(tensor, std=init_range)
+
+
+class PHMRule(nn.Module):
+    """The n rules A (n, n, n), or their rank-1 factors a (n, n, 1) and b (n, 1, n)."""
+
+    def __init__(self, n: int, factorized: bool, learn: bool, c_init: str, init_range: float):
+        super().__init__()
+        self.factorized = factorized
+        if factorized:
+            self.phm_rule_left = nn.Parameter(torch.empty(n, n, 1), requires_grad=learn)
+            self.phm_rule_right = nn.Parameter(torch.empty(n, 1, n), requires_grad=learn)
+            tensors = (self.phm_rule_left, self.phm_rule_right)
+        else:
+            self.phm_rule = nn.Parameter(torch.empty(n, n, n), requires_grad=learn)
+            tensors = (self.phm_rule,)
+        with torch.no_grad():
+            for tensor in tensors:
+                _init_rule(tensor, c_init, init_range)
+
+    def value(self) -> torch.Tensor:
+        if self.factorized:
+            return low_rank_product(self.phm_rule_left, self.phm_rule_right)
+        return self.phm_rule
+
+
+def _init_block(tensor: torch.Tensor, how: str, init_range: float) -> None:
+    """Glorot per block B_i (fan-in and fan-out are the block's own sizes), or N(0, init_range)."""
+    fan_in, fan_out = tensor.shape[-2:]
+    if how == "glorot-uniform":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        nn.init.uniform_(tensor, -bound, bound)
+    elif how == "glorot-normal":
+        nn.init.normal_(tensor, std=math.sqrt(2.0 / (fan_in + fan_out)))
+    else:
+        nn.init.normal_(tensor, std=init_range)
+
+
+class PHMBlocks(nn.Module):
+    """The n blocks B (n, p, q), or factors s (n, p, r) and t (n, r, q) with B_i = s_i t_iᵀ."""
+
+    def __init__(self, n: int, p: int, q: int, factorized: bool, rank: int, how: str, init_range: float):
+        super().__init__()
+        self.factorized = factorized
+        if factorized:
+            self.W_left = nn.Parameter(torch.empty(n, p, rank))
+            self.W_right = nn.Parameter(torch.empty(n, rank, q))
+            tensors = (self.W_left, self.W_right)
+        else:
+            self.W = nn.Parameter(torch.empty(n, p, q))
+            tensors = (self.W,)
+        with torch.no_grad():
+            for tensor in tensors:
+                _init_block(tensor, how, init_range)
+
+    def value(self) -> torch.Tensor:
+        return low_rank_product(self.W_left, self.W_right) if self.factorized else self.W
+
+
+class PHMLinear(nn.Module):
+    """y = x W + b with W = kronecker_sum(rule, blocks) (in x out), built once per call.
+
+    A shared rule or shared blocks are referenced, not registered here: their one home is the
+    adapter's home module, so they are saved once and `.parameters()` of a layer lists only its own."""
+
+    def __init__(self, in_features: int, out_features: int, rule: PHMRule, blocks: PHMBlocks,
+                 shared_rule: bool, shared_blocks: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._attach("rule", rule, shared_rule)
+        self._attach("blocks", blocks, shared_blocks)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def _attach(self, attr: str, module: nn.Module, shared: bool) -> None:
+        if shared:
+            self.__dict__[attr] = module     # a plain reference; the home module owns the tensors
+        else:
+            setattr(self, attr, module)
+
+    def phm_weight(self) -> torch.Tensor:
+        return kronecker_sum(self.rule.value(), self.blocks.value())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, self.in_features), self.phm_weight()).reshape(
+            *x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, n={self.rule.value().shape[0]}"
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+_PHM_FIELDS = ("phm_dim", "shared_phm_rule", "factorized_phm_rule", "factorized_phm_W", "phm_rank", "shared_W_phm",
+               "learn_phm", "phm_c_init", "phm_init_range", "hypercomplex_nonlinearity")
+
+
+class PHMFactory:
+    """Builds the PHM layers of one attachment; creates the model-wide shared tensors on first use."""
+
+    def __init__(self, target, *, phm_dim, shared_phm_rule, factorized_phm_rule, factorized_phm_W, phm_rank,
+                 shared_W_phm, learn_phm, phm_c_init, phm_init_range, hypercomplex_nonlinearity):
+        self.target, self.n = target, phm_dim
+        self.shared_rule, self.shared_blocks = shared_phm_rule, shared_W_phm
+        self.rule_args = (factorized_phm_rule, learn_phm, phm_c_init)
+        self.rule_range = phm_init_range or (SHARED_RULE_RANGE if shared_phm_rule else LAYER_RULE_RANGE)
+        self.block_args = (factorized_phm_W, phm_rank, hypercomplex_nonlinearity, phm_init_range or LAYER_RULE_RANGE)
+        first = next(target.model.parameters())
+        # the shared tensors live where the parts do: the base's device, float32 unless the base is float64
+        self.placement = {"device": first.device,
+                          "dtype": first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32}
+        self.home = adapter_home(target) if shared_phm_rule or shared_W_phm else None
+        if shared_phm_rule:
+            self.home.phm_rule = self._new_rule()
+
+    def _new_rule(self) -> PHMRule:
+        return PHMRule(self.n, *self.rule_args, self.rule_range).to(**self.placement)
+
+    def _blocks(self, p: int, q: int) -> PHMBlocks:
+        if not self.shared_blocks:
+            return PHMBlocks(self.n, p, q, *self.block_args)
+        if not hasattr(self.home, "phm_W"):
+            self.home.phm_W = nn.ModuleDict()
+        key = f"{p}x{q}"
+        if key not in self.home.phm_W:
+            self.home.phm_W[key] = PHMBlocks(self.n, p, q, *self.block_args).to(**self.placement)
+        return self.home.phm_W[key]
+
+    def __call__(self, in_features: int, out_features: int) -> PHMLinear:
+        if in_features % self.n or out_features % self.n:
+            raise PeftlabError(f"phm_dim {self.n} does not divide the adapter's layer sizes "
+                               f"{in_features} -> {out_features}; pick a phm_dim dividing both "
+                               f"(or change reduction_factor)")
+        rule = self.home.phm_rule if self.shared_rule else self._new_rule()
+        blocks = self._blocks(in_features // self.n, out_features // self.n)
+        return PHMLinear(in_features, out_features, rule, blocks, self.shared_rule, self.shared_blocks)
+
+
+def build_phm_adapter(target, **kwargs):
+    phm = {k: kwargs.pop(k) for k in _PHM_FIELDS}
+    build_bottleneck(target, **kwargs, linear=PHMFactory(target, **phm))
+
+
+def _tiny_example(cls):
+    """Tiny contract models have hidden size 16 (k = 4 at reduction factor 4): n = 2 or 4 divides both."""
+    def example(arch, tmp_dir):
+        return cls(reduction_factor=4, phm_dim=2 if cls is PHMAdapter else 4)
+    return example
+
+
+register_method("phm_adapter", PHMAdapter, build_phm_adapter, aliases=("phm-adapter", "phm"),
+                example=_tiny_example(PHMAdapter))
+register_method("compacter", Compacter, build_phm_adapter, example=_tiny_example(Compacter))
+register_method("compacter++", CompacterPlusPlus, build_phm_adapter, aliases=("compacter_plus_plus",),
+                example=_tiny_example(CompacterPlusPlus))
