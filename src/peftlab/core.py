@@ -76,19 +76,20 @@ def set_active(model: nn.Module, block) -> None:
     Checks names and nesting first; attaches the mixing adapters a Fuse / WeightedSum needs (and the
     new adapter of an Average) on first use. On any error the active setup is unchanged."""
     controller = _require(model)
-    block = compose.normalize(block)
+    block = compose.expand_mixer(compose.normalize(block), controller)
     for n in compose.member_names(block):
         if n not in controller.adapters:
             raise PeftlabError(f"no adapter named '{n}'{closest(n, controller.adapters)}; "
                                f"attached: {', '.join(controller.adapters) or 'none'}")
     compose.check(block, controller)
     block = compose.prepare(model, block)
+    block = (block,) if isinstance(block, str) else block
     controller.active = block
     names = _names_in(block)
     for _, module in model.named_modules():
         if isinstance(module, Slot):
             module.active = tuple(n for n in names if n in module.parts)
-            module.block = block if not isinstance(block, str) else (block,)
+            module.block = block
     if controller.adapters:
         compose.install(model)   # routing hooks for `adapter_names=[...]` and row blocks
     else:

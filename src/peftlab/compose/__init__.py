@@ -24,14 +24,27 @@ __all__ = ["Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Avera
            "prepare", "without", "row_mask"]
 
 
+def expand_mixer(block, controller):
+    """Activating a mixing adapter by its name (as `load` does) activates its block."""
+    names = (block,) if isinstance(block, str) else block if isinstance(block, tuple) else ()
+    attachment = controller.adapters.get(names[0]) if len(names) == 1 else None
+    if attachment is None or attachment.config.method not in mixers.MIXING_METHODS:
+        return block
+    config = attachment.config
+    if config.method == "fusion":
+        return Fuse(*config.adapters, name=attachment.name, temperature=config.temperature)
+    options = {k: v for k, v in config.to_dict().items() if k in WeightedSum.OPTIONS}
+    return WeightedSum(*config.adapters, name=attachment.name, **options)
+
+
 def check(block, controller) -> None:
-    """Nesting rules, and no mixing adapter used as a plain name."""
+    """Nesting rules, and no mixing adapter used as a plain name beside others."""
     check_nesting(block)
     for name in member_names(block):
         attachment = controller.adapters.get(name)
         if attachment is not None and attachment.config.method in mixers.MIXING_METHODS:
-            raise PeftlabError(f"'{name}' holds mixing weights ({attachment.config.method}); activate it through "
-                               f"its block, e.g. pl.Fuse(..., name='{name}')")
+            raise PeftlabError(f"'{name}' holds mixing weights ({attachment.config.method}); activate it alone "
+                               f"or through its block, e.g. pl.Fuse(..., name='{name}')")
 
 
 def prepare(model, block):

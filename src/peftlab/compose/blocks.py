@@ -128,6 +128,7 @@ class WeightedSum(_Mixing):
 
     kind = "weighted_sum"
     prefix = "wsum"
+    OPTIONS = ("mode", "num_weight_sets", "include_base", "flex", "flex_reduction_factor", "train_mode")
 
     def __init__(self, *members, name: str | None = None, mode: str = "softmax", num_weight_sets: int = -1,
                  include_base: bool = True, flex: bool = False, flex_reduction_factor: float = 16.0,
