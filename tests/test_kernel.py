@@ -98,8 +98,8 @@ def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_ed
     """The output projection's output, recomputed explicitly from the captured attention input.
 
     q_edit(q, k, x) -> (q, k) and v_edit(v, k, x) -> v act per head on (b, n, heads, d_h) before rotary
-    embeddings; o_edit(merged) -> delta added to W_o's output; inducer(q, scores, scaling) -> (w,
-    head_term (b, h, n, d) or None, out_term (b, n, d) or None, joint)."""
+    embeddings; o_edit(merged) -> delta added to W_o's output; inducer(q, scores, scaling, probs) ->
+    (probs applied to the values, w (b, h, n), head_term (b, h, n, d) or None, out_term (b, n, d) or None)."""
     model, x, kwargs = layer.model, seen["x"], seen["kwargs"]
     heads, kv_heads = heads_of(model)
     with torch.no_grad():
@@ -125,14 +125,12 @@ def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_ed
             bias = kwargs.get("position_bias")
             scores = scores + (module.compute_bias(n, n) if bias is None else bias)
         scores = scores.masked_fill(~key_mask(model, layer.stack, batch, n), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        head_out, out_term = probs @ v, None
+        probs, w, head_term, out_term = torch.softmax(scores, dim=-1), None, None, None
         if inducer is not None:
-            w, head_term, out_term, joint = inducer(q, scores, scaling)
-            if joint:
-                head_out = head_out * (1 - w[..., None])
-            if head_term is not None:
-                head_out = head_out + w[..., None] * head_term
+            probs, w, head_term, out_term = inducer(q, scores, scaling, probs)
+        head_out = probs @ v
+        if head_term is not None:
+            head_out = head_out + w[..., None] * head_term
         merged = head_out.transpose(1, 2).reshape(b, n, -1)
         out = layer.base(layer.o)(merged)
         if o_edit is not None:

@@ -33,9 +33,9 @@ from ..errors import PeftlabError
 from ..registry import register_method
 from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
-from .bottleneck import Bottleneck, Parallel, build_bottleneck
+from .bottleneck import Parallel, build_bottleneck
 from .kernel import attention_sites as projection_sites, head_counts, projection_segments, truncated_normal_
-from .lora import LoRA, build_lora
+from .lora import LoRA, LoRAPart, build_lora
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Inducer(LayeredConfig):
     prefix_value_extension: bool = True   # MLP_v maps into the output space after W_o
     joint_softmax: bool = False           # (1 - w) Attn(q) instead of Attn(q)
     lora: LoRA | None = None              # a LoRA beside the inducer ("inducer-lora")
-    parallel_adapter: Bottleneck | None = None   # a parallel adapter as well ("inducer-mam")
+    parallel_adapter: Parallel | None = None     # a parallel adapter as well ("inducer-mam")
 
     def validate(self):
         check(self.rank_k > 0, f"{type(self).__name__}.rank_k must be positive, got {self.rank_k}")
@@ -74,7 +74,7 @@ class InducerMAM(Inducer):
     rank_k: int = 3
     rank_v: int = 7
     lora: LoRA | None = field(default_factory=lambda: _paper_lora(16))
-    parallel_adapter: Bottleneck | None = field(default_factory=lambda: Parallel(
+    parallel_adapter: Parallel | None = field(default_factory=lambda: Parallel(
         reduction_factor=18.2, non_linearity="relu", adapter_layernorm_before=True, scaling=1.0))
 
 
@@ -158,6 +158,52 @@ class InducerOutputPart(Part):
         return delta.to(x.dtype)
 
 
+class SliceLoRA(Part):
+    """LoRA on the query (or key, value) slice of a fused q/k/v projection (GPT-2's c_attn): the core's
+    LoRA on slot attn.q adapts the whole fused output, which is not the papers' "LoRA on W_q"."""
+
+    role = "add"
+
+    def __init__(self, segment, lora: LoRAPart, out_features: int):
+        super().__init__()
+        self.segment, self.lora, self.out_features = segment, lora, out_features
+
+    def forward(self, x):
+        delta = self.lora(x)
+        before = self.segment.start
+        after = self.out_features - before - self.segment.width
+        pads = [delta.new_zeros(*delta.shape[:-1], n) for n in (before, after)]
+        return torch.cat([pads[0], delta, pads[1]], dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        delta = self.lora.delta_weight()
+        full = delta.new_zeros(self.out_features, delta.shape[1])
+        full[self.segment.start:self.segment.start + self.segment.width] = delta
+        return full
+
+
+_PROJECTIONS = ("attn.q", "attn.k", "attn.v")
+
+
+def build_side_lora(target, lora: LoRA) -> None:
+    """Attach `lora` through the same target; on a fused q/k/v projection only the named slices."""
+    kwargs = lora.build_kwargs()
+    fused_slots = [s for s in lora.slots if s in _PROJECTIONS]
+    if not target.layout.attention.get("fused_qkv") or lora.target_modules or not fused_slots:
+        build_lora(target, **kwargs)
+        return
+    others = tuple(s for s in lora.slots if s not in _PROJECTIONS)
+    if others:
+        build_lora(target, **{**kwargs, "slots": others})
+    selection = LayerSelection(lora.layers, lora.encoder_layers, lora.decoder_layers, lora.leave_out)
+    kinds = "".join(slot[-1] for slot in fused_slots)
+    for site in target.sites("attn.qkv", selection):
+        d_in, d_out = feature_dims(target.module(site.path))
+        for segment in projection_segments(target, site, kinds, "LoRA").values():
+            part = LoRAPart(d_in, segment.width, lora.r, lora.alpha, lora.dropout)
+            target.place(site, SliceLoRA(segment, part, d_out))
+
+
 def _by_layer(sites) -> dict:
     return {(site.stack, site.layer): site for site in sites}
 
@@ -177,7 +223,7 @@ def build_inducer(target, *, rank_k, rank_v, prefix_value_extension, joint_softm
         if prefix_value_extension:
             target.place(outputs[key], InducerOutputPart(extension))
     if lora is not None:
-        build_lora(target, **lora.build_kwargs())
+        build_side_lora(target, lora)
     if parallel_adapter is not None:
         build_bottleneck(target, **parallel_adapter.build_kwargs())
 
