@@ -1,4 +1,4 @@
-"""Interchange with HF PEFT for LoRA and IA3: write a directory `peft.PeftModel.from_pretrained` loads,
+"""Interchange with HF PEFT for LoRA, IA3, prompt tuning and prefix tuning: write a directory `peft.PeftModel.from_pretrained` loads,
 and attach an adapter from a directory HF PEFT saved. Tensor names map one to one:
 `base_model.model.<module path>.lora_A.weight` <-> our part at <module path>."""
 from __future__ import annotations
@@ -16,6 +16,9 @@ from .errors import PeftlabError
 from .io import _atomic_write, adapter_state, copy_into, read_json, read_safetensors
 from .methods.ia3 import IA3, IA3Part
 from .methods.lora import LoRA, LoRAPart
+from .methods.prefix import PrefixTuning
+from .methods.prompt import PromptTuning
+from .methods.spot import SPoT
 from .targeting import is_conv1d
 from .surgery import get_module
 
@@ -31,8 +34,10 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     name = _pick(controller, name)
     attachment = controller.adapters[name]
     config = attachment.config
+    if isinstance(config, (PromptTuning, SPoT, PrefixTuning)):
+        return _export_prompt(model, name, attachment, Path(directory))
     if not isinstance(config, (LoRA, IA3)):
-        raise PeftlabError(f"export_peft supports LoRA and IA3 adapters; '{name}' is {config.method}")
+        raise PeftlabError(f"export_peft supports LoRA, IA3, prompt and prefix tuning; '{name}' is {config.method}")
     if attachment.claimed:
         raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
                            "set train_head/unfreeze_* off to export it in HF PEFT's format")
@@ -99,7 +104,10 @@ def import_peft(model: nn.Module, directory, name: str | None = None, *, trainab
                 activate: bool = True) -> nn.Module:
     """Attach a LoRA or IA3 adapter that HF PEFT saved (`save_pretrained`) in `directory`."""
     directory = Path(directory)
-    config = _config_from_peft(read_json(directory / "adapter_config.json"), directory / "adapter_config.json")
+    meta = read_json(directory / "adapter_config.json")
+    if meta.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
+        return _import_prompt(model, directory, meta, name, trainable, activate)
+    config = _config_from_peft(meta, directory / "adapter_config.json")
     raw = _read_peft_weights(directory)
     name = name or "default"
     attach(model, config, name, activate=activate, trainable=trainable)
@@ -116,3 +124,71 @@ def import_peft(model: nn.Module, directory, name: str | None = None, *, trainab
         detach(model, name)
         raise
     return model
+
+
+# --- prompt and prefix tuning: one tensor, `prompt_embeddings` -----------------------------------------
+
+def _peft_task_type(model, layout) -> str:
+    stacks = set(layout.stacks)
+    if stacks == {"encoder", "decoder"}:
+        return "SEQ_2_SEQ_LM"
+    return "CAUSAL_LM" if stacks == {"decoder"} else "SEQ_CLS"
+
+
+def _export_prompt(model, name, attachment, directory: Path) -> Path:
+    """PEFT's encoder-only prompt (num_transformer_submodules=1), or a flat prefix on decoder-only models
+    (PEFT's T5 prefix reuses layers and its BERT/BART prefixes shift positions that ours do not)."""
+    config, controller = attachment.config, _require(model)
+    if attachment.claimed:
+        raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
+                           "set train_head/unfreeze_* off to export it in HF PEFT's format")
+    home, task = model.peftlab_adapters[name], _peft_task_type(model, controller.layout)
+    meta = {"task_type": task, "inference_mode": True, "num_transformer_submodules": 1,
+            "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None}
+    if isinstance(config, PrefixTuning):
+        full_stack = config.stacks in (None, ("decoder",)) and config.layers is None and not config.leave_out
+        if task != "CAUSAL_LM" or not config.shift_positions or not full_stack:
+            raise PeftlabError(f"export_peft writes prefix tuning for decoder-only models with every layer "
+                               f"and shift_positions on; '{name}' does not fit")
+        prefix = home.prefix
+        tensor = prefix.full()
+        meta.update(peft_type="PREFIX_TUNING", num_virtual_tokens=prefix.length, num_layers=prefix.n_layers,
+                    token_dim=prefix.heads * prefix.head_dim, num_attention_heads=prefix.heads,
+                    prefix_projection=False)
+    else:
+        tensor = home.prompt.embedding.detach()
+        meta.update(peft_type="PROMPT_TUNING", num_virtual_tokens=tensor.shape[0], token_dim=tensor.shape[1],
+                    prompt_tuning_init="RANDOM")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {"prompt_embeddings": tensor.detach().cpu().contiguous().clone()}
+    _atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    _atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return directory
+
+
+def _import_prompt(model, directory: Path, meta: dict, name, trainable, activate):
+    kind, m = meta["peft_type"], int(meta.get("num_virtual_tokens", 0))
+    if meta.get("num_transformer_submodules", 1) not in (1, None) and "encoder" in _require_layout(model).stacks:
+        raise PeftlabError(f"{directory}: num_transformer_submodules={meta['num_transformer_submodules']} "
+                           "(a decoder prompt too) is not supported; peftlab prompts the encoder only")
+    if kind == "PREFIX_TUNING" and set(_require_layout(model).stacks) != {"decoder"}:
+        raise PeftlabError(f"{directory}: HF PEFT prefixes import on decoder-only models only")
+    tensor = _read_peft_weights(directory).get("prompt_embeddings")
+    if tensor is None:
+        raise PeftlabError(f"{directory}: no 'prompt_embeddings' tensor")
+    config = (PromptTuning(length=m, train_head=False) if kind == "PROMPT_TUNING"
+              else PrefixTuning(prefix_length=m, flat=True, train_head=False))
+    key = "home.prompt.embedding" if kind == "PROMPT_TUNING" else "home.prefix.embedding"
+    name = name or "default"
+    attach(model, config, name, activate=activate, trainable=trainable)
+    try:
+        copy_into(adapter_state(model, name), {key: tensor}, directory / "adapter_model.safetensors")
+    except BaseException:
+        detach(model, name)
+        raise
+    return model
+
+
+def _require_layout(model):
+    from .layouts import layout_for
+    return layout_for(model)
