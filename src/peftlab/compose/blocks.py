@@ -91,6 +91,7 @@ class _Mixing(Block):
 
     def __init__(self, *members, name: str | None = None):
         super().__init__(*members)
+        check_nesting(self)   # only adapter names can be mixed: say so now, not at activation
         dupes = sorted({m for m in self.members if self.members.count(m) > 1})
         if dupes:
             raise PeftlabError(f"{type(self).__name__}: adapter '{dupes[0]}' appears twice")
