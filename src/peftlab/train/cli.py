@@ -1,0 +1,122 @@
+"""`peftlab train | eval | predict | plot`: thin wrappers over the loop, the evaluator and the plots."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import PeftlabError
+
+
+def cli_train(args) -> dict | None:
+    from .loop import Trainer
+    from .report import table
+    from .schema import load_run_config
+    config = load_run_config(args.config, getattr(args, "overrides", ()))
+    trainer = Trainer(config, resume=getattr(args, "resume", False))
+    results = trainer.run()
+    if results is not None:
+        from .plots import plot_run
+        plot_run(config.output_dir)
+        print(table(results))
+        print(f"results: {Path(config.output_dir) / 'results.json'}, report: {Path(config.output_dir) / 'report.md'}")
+    return results
+
+
+def load_run(run_dir):
+    """(config, model, tokenizer, kind, tasks) rebuilt from a run directory's best (else last) weights."""
+    from ..tasks import get_task
+    from .checkpoint import load_weights
+    from .modeling import build_model
+    from .schema import RunConfig
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise PeftlabError(f"{run_dir}: not a run directory (no config.json)")
+    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    tasks = [get_task(t) for t in config.tasks]
+    model, tokenizer, kind = build_model(config, tasks)
+    best = run_dir / "checkpoints" / "best"
+    load_weights(model, best if best.exists() else run_dir / "checkpoints" / "last")
+    return config, model, tokenizer, kind, tasks
+
+
+def _pick_task(tasks, name):
+    from ..tasks import get_task
+    if name is None:
+        if len(tasks) > 1:
+            raise PeftlabError(f"this run trained {[t.name for t in tasks]}: name one with --task")
+        return 0, tasks[0]
+    task = get_task(name)
+    names = [t.name for t in tasks]
+    if task.name not in names:
+        raise PeftlabError(f"task '{name}' was not trained in this run (trained: {', '.join(names)})")
+    return names.index(task.name), task
+
+
+def cli_eval(args) -> dict:
+    from ..tasks import load_splits
+    from ..tasks.base import load_rows
+    from .evaluate import evaluate
+    from .modeling import uses_task_ids
+    from .report import averages, table
+    config, model, tokenizer, kind, tasks = load_run(args.run_dir)
+    per_task: dict = {}
+    if args.data:
+        index, task = _pick_task(tasks, args.task)
+        picked = {task.name: (index, task, {"data": load_rows(task, Path(args.data))})}
+    else:
+        picked = {t.name: (i, t, load_splits(t, config.data.dir, config.data.splits, config.data.max_train_samples,
+                                              config.data.max_eval_samples)) for i, t in enumerate(tasks)
+                  if args.task is None or t.name == _pick_task(tasks, args.task)[1].name}
+    for name, (index, task, splits) in picked.items():
+        adapter = name.replace("-", "_") if config.adapters == "per_task" else None
+        for split in [s for s in ("data", "validation", "test") if s in splits]:
+            per_task.setdefault(name, {})[split] = evaluate(
+                model, tokenizer, kind, task, index, splits[split], config.model.max_length,
+                config.model.max_target_length, config.train.eval_batch_size, adapter, uses_task_ids(model))
+    results = {"tasks": per_task, "average": averages(per_task)}
+    print(table(results))
+    return results
+
+
+def cli_predict(args) -> list:
+    from .evaluate import predict
+    from .modeling import uses_task_ids
+    config, model, tokenizer, kind, tasks = load_run(args.run_dir)
+    index, task = _pick_task(tasks, getattr(args, "task", None))
+    examples = read_inputs(task, Path(args.input))
+    adapter = task.name.replace("-", "_") if config.adapters == "per_task" else None
+    outputs = predict(model, tokenizer, kind, task, index, examples, config.model.max_length,
+                      config.model.max_target_length, config.train.eval_batch_size, adapter, uses_task_ids(model))
+    handle = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for example, output in zip(examples, outputs):
+            record = {**example.fields, "prediction": task.verbalize(output)}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            handle.close()
+    return outputs
+
+
+def read_inputs(task, path: Path):
+    """Rows to predict: the task's official file format, or any JSONL / TSV / CSV file whose columns
+    are the task's keys (e.g. `sentence` for SST-2); labels are not needed."""
+    from ..tasks.base import Example, load_rows
+    from ..tasks.readers import read_csv, read_jsonl, read_tsv
+    try:
+        return load_rows(task, path)
+    except PeftlabError as err:
+        if not path.exists() or "UTF-8" in str(err):
+            raise
+    readers = {".jsonl": read_jsonl, ".json": read_jsonl, ".csv": read_csv}
+    rows = readers.get(path.suffix, read_tsv)(path, required=task.keys)
+    return [Example(task.name, {k: str(row[k]) for k in task.keys}, 0) for _, row in rows]
+
+
+def cli_plot(args) -> list:
+    from .plots import plot_run
+    written = plot_run(args.run_dir)
+    for path in written:
+        print(path)
+    return written

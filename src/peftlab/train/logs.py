@@ -1,0 +1,74 @@
+"""Run logs: JSON lines (`log.jsonl`: train and eval records; `mixing_weights.jsonl`: mean mixing weights
+per observed series), mirrored to TensorBoard when it is installed. Only the main process writes."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .. import observe
+
+LOG, MIXING = "log.jsonl", "mixing_weights.jsonl"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:     # tensorboard is an optional extra: JSON lines are enough
+                self.writer = None
+
+    def write(self, record: dict, file: str = LOG) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None and file == LOG:
+            prefix = record.get("kind", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records newer than the checkpoint, which the resumed run writes again."""
+        if not self.enabled:
+            return
+        for file in (LOG, MIXING):
+            path = self.run_dir / file
+            if path.exists():
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= step]
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def observe_mixing(model, batch: dict) -> dict:
+    """Mean mixing weights per series over one forward, e.g. {"encoder.fuse": {"labels", "weights"}}."""
+    was_training = model.training
+    model.eval()
+    try:
+        with observe.capture() as seen:
+            model(**batch)
+    finally:
+        model.train(was_training)
+    out = {}
+    for series, item in seen.items():
+        weights = item["weights"].reshape(-1, item["weights"].shape[-1]).mean(0)
+        out[series] = {"labels": item["labels"], "weights": [round(float(w), 6) for w in weights]}
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

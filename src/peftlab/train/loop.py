@@ -1,0 +1,299 @@
+"""The training loop on Accelerate: setup, step, evaluate, save. One recipe for every method and task.
+
+Under `accelerate launch` each process takes its rows of every global batch (see batches.py); the
+main process alone evaluates, writes logs and checkpoints, and broadcasts its decisions.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+
+import peftlab as pl
+
+from ..errors import PeftlabError
+from ..tasks import average, get_task, load_splits
+from . import checkpoint as ckpt
+from .batches import batches_per_epoch, epoch_batches, shard
+from .data import collate, encode, label_count
+from .evaluate import evaluate
+from .logs import MIXING, RunLog, observe_mixing
+from .modeling import build_model, trainable_state, uses_task_ids
+from .optim import build_optimizer, loss_sum
+from .schema import RunConfig
+
+FRESH_STATE = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
+               "bad_evals": 0, "examples": 0, "last_loss": None}
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, resume: bool = False):
+        self.config, self.resume = config, resume
+        precision = "bf16" if config.train.precision == "bf16" else "no"
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=config.adapters == "per_task")]
+        self.accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers)
+        self.main = self.accelerator.is_main_process
+        self.run_dir = Path(config.output_dir)
+        self.tasks = [get_task(t) for t in config.tasks]
+        self.splits = [load_splits(t, config.data.dir, config.data.splits, config.data.max_train_samples,
+                                   config.data.max_eval_samples) for t in self.tasks]
+        self._prepare_run_dir()
+        set_seed(config.train.seed)
+        self.model, self.tokenizer, self.kind = build_model(config, self.tasks)
+        self.task_ids = uses_task_ids(self.model)
+        self.adapter_names = list(pl.adapters(self.model))
+        self.train_sets = [encode(self.kind, self.tokenizer, t, i, s["train"], config.model.max_length,
+                                  config.model.max_target_length) for i, (t, s) in enumerate(zip(self.tasks, self.splits))]
+        sizes = [len(s) for s in self.train_sets]
+        per_epoch = batches_per_epoch(sizes, config.train.batch_size)
+        self.total_steps = config.train.max_steps or math.ceil(config.train.epochs * per_epoch)
+        self.optimizer, self.scheduler = build_optimizer(self.model, config.train, self.total_steps)
+        self.ddp_model = self.accelerator.prepare(self.model)
+        self.log = RunLog(self.run_dir, self.main, config.train.tensorboard)
+        self.state = dict(FRESH_STATE)
+        if resume:
+            self._restore()
+
+    # --- setup ------------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        exists = ckpt.has_checkpoint(self.run_dir)
+        if self.resume and not exists:
+            raise PeftlabError(f"{self.run_dir}: nothing to resume (no checkpoints/last)")
+        if exists and not self.resume and not self.config.overwrite:
+            raise PeftlabError(f"{self.run_dir}: a run is already there; pass --resume, set overwrite=true "
+                               f"or choose another output_dir")
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                for name in ("log.jsonl", MIXING, "results.json", "report.md"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+            import json
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        self.accelerator.wait_for_everyone()
+
+    def _restore(self) -> None:
+        last = self.run_dir / "checkpoints" / "last"
+        self.state = ckpt.load_weights(self.model, last)
+        ckpt.load_training_state(last, self.optimizer, self.scheduler)
+        self.log.truncate_after(self.state["step"])
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, state = self.config.train, self.state
+        sizes = [len(s) for s in self.train_sets]
+        bar = self._progress_bar()
+        started, seen_at_start = time.perf_counter(), state["examples"]
+        window: list[float] = []
+        while state["step"] < self.total_steps:
+            batches = epoch_batches(sizes, cfg.batch_size, cfg.seed, state["epoch"], self.config.data.temperature,
+                                    self.config.data.mixing)
+            for index in range(state["batch_in_epoch"], len(batches)):
+                loss = self._train_step(batches[index])
+                state["step"] += 1
+                state["batch_in_epoch"] = index + 1
+                state["examples"] += len(batches[index])
+                self._stop_if_not_finite(loss)
+                window.append(loss)
+                rate = (state["examples"] - seen_at_start) / max(time.perf_counter() - started, 1e-9)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
+                if state["step"] % cfg.log_steps == 0 or state["step"] == self.total_steps:
+                    self._log_train(window, rate)
+                    window = []
+                end_of_epoch = index == len(batches) - 1
+                stop = self._maybe_evaluate(end_of_epoch)
+                _fault_injection(state["step"])
+                if stop or state["step"] >= self.total_steps:
+                    break
+            else:
+                state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+                continue
+            break
+        if bar is not None:
+            bar.close()
+        if window:
+            self._log_train(window, rate)
+        wall = time.perf_counter() - started
+        self._save(best=False)
+        return {"steps": state["step"], "epochs": state["step"] / max(batches_per_epoch(sizes, cfg.batch_size), 1),
+                "final_loss": state["last_loss"], "wall_s": wall,
+                "examples_per_s": (state["examples"] - seen_at_start) / max(wall, 1e-9)}
+
+    def _progress_bar(self):
+        if not (self.main and self.config.train.progress_bar):
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=self.total_steps, initial=self.state["step"], desc="train", dynamic_ncols=True)
+
+    def _train_step(self, batch: list) -> float:
+        """One optimizer step over a global batch; returns the global mean loss."""
+        acc = self.accelerator
+        micro = shard(batch, acc.process_index, acc.num_processes, self.config.train.gradient_accumulation_steps)
+        weight = 1.0
+        if not micro:               # fewer rows than processes: join the all-reduce with a zero loss
+            micro, weight = [[batch[0]]], 0.0
+        items_of = lambda rows: [self.train_sets[t][i] for t, i in rows]  # noqa: E731
+        denominator = label_count(self.kind, items_of(batch))
+        self.model.train()
+        total = torch.zeros((), dtype=torch.float64)
+        for k, rows in enumerate(micro):
+            last = k == len(micro) - 1
+            with (nullcontext() if last else acc.no_sync(self.ddp_model)):
+                summed = self._forward_loss(items_of(rows))
+                acc.backward(summed * (weight * acc.num_processes / max(denominator, 1)))
+            total += summed.detach().double() * weight
+        if self.config.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.config.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = acc.reduce(total.to(acc.device), reduction="sum") if acc.num_processes > 1 else total
+        return float(total) / max(denominator, 1)
+
+    def _forward_loss(self, items) -> torch.Tensor:
+        task = self.tasks[items[0].task]
+        if self.config.adapters == "per_task":
+            pl.activate(self.model, self.adapter_names[items[0].task])
+        batch = collate(self.kind, items, self.tokenizer.pad_token_id, task.kind == "regression")
+        labels = batch.pop("labels")
+        task_ids = batch.pop("task_ids")
+        if self.task_ids:
+            batch["task_ids"] = task_ids
+        if self.kind == "seq2seq":
+            batch["labels"] = labels       # the model derives decoder inputs from them
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        logits = self.ddp_model(**batch).logits
+        return loss_sum(self.kind, logits, labels.to(logits.device), task.kind == "regression")
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        if math.isfinite(loss):
+            self.state["last_loss"] = loss
+            return
+        last = self.run_dir / "checkpoints" / "last"
+        kept = f"last good checkpoint: {last} (step {ckpt.load_state(last)['step']})" \
+            if ckpt.has_checkpoint(self.run_dir) else "no checkpoint was saved yet"
+        raise PeftlabError(f"loss is {loss} at step {self.state['step']}: stopped; {kept}")
+
+    def _log_train(self, window: list[float], rate: float) -> None:
+        record = {"kind": "train", "step": self.state["step"], "epoch": self.state["epoch"],
+                  "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
+                  "examples_per_s": rate}
+        self.log.write(record)
+        if self.main:
+            seen = observe_mixing(self.model, self._probe_batch())
+            if seen:
+                self.log.write({"step": self.state["step"], "series": seen}, MIXING)
+
+    def _probe_batch(self) -> dict:
+        """A few validation rows per task, for observing mixing weights on a fixed input."""
+        items = []
+        for index, (task, split) in enumerate(zip(self.tasks, self.splits)):
+            items += encode(self.kind, self.tokenizer, task, index, split["validation"][:4],
+                            self.config.model.max_length, self.config.model.max_target_length, True)
+        batch = collate(self.kind, items, self.tokenizer.pad_token_id, left_pad=self.kind == "causal")
+        batch.pop("labels", None)
+        task_ids = batch.pop("task_ids")
+        if self.task_ids:
+            batch["task_ids"] = task_ids
+        if self.kind == "seq2seq":
+            batch["decoder_input_ids"] = torch.full((len(items), 1), self.model.config.decoder_start_token_id)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    # --- evaluation and checkpoints -----------------------------------------------------------------
+    def evaluate_split(self, split: str) -> dict[str, dict[str, float]]:
+        cfg = self.config
+        out = {}
+        for index, (task, splits) in enumerate(zip(self.tasks, self.splits)):
+            adapter = self.adapter_names[index] if cfg.adapters == "per_task" else None
+            out[task.name] = evaluate(self.model, self.tokenizer, self.kind, task, index, splits[split],
+                                      cfg.model.max_length, cfg.model.max_target_length,
+                                      cfg.train.eval_batch_size, adapter, self.task_ids)
+        return out
+
+    def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
+        """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
+        cfg, step = self.config.train, self.state["step"]
+        due = (cfg.eval_strategy == "steps" and step % cfg.eval_steps == 0) or \
+              (cfg.eval_strategy == "epoch" and end_of_epoch)
+        if not due and not (cfg.eval_strategy == "no" and step % cfg.eval_steps == 0):
+            return False
+        decision = [None]
+        if self.main:
+            improved = due and self._record_evaluation()
+            self._save(best=improved)
+            patience = cfg.early_stopping_patience
+            decision = [{"stop": patience is not None and self.state["bad_evals"] >= patience,
+                         "state": dict(self.state)}]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(decision)
+        self.state.update(decision[0]["state"])
+        return decision[0]["stop"]
+
+    def _record_evaluation(self) -> bool:
+        scores = self.evaluate_split("validation")
+        score = sum(average(m) for m in scores.values()) / len(scores)
+        record = {"kind": "eval", "step": self.state["step"], "epoch": self.state["epoch"], "average": score}
+        record.update({f"{task}/{name}": value for task, m in scores.items() for name, value in m.items()})
+        self.log.write(record)
+        best = self.state["best"]
+        improved = best is None or (math.isfinite(score) and score > best)
+        if improved:
+            self.state.update(best=score, best_step=self.state["step"], bad_evals=0)
+        else:
+            self.state["bad_evals"] += 1
+        return improved
+
+    def _save(self, best: bool) -> None:
+        if self.main:
+            weights = trainable_state(self.model)
+            root = self.run_dir / "checkpoints"
+            ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler)
+            if best:
+                ckpt.save_checkpoint(root / "best", weights, self.state)
+                for name in self.adapter_names:
+                    pl.save(self.model, self.run_dir / "adapter" / name, name=name)
+        self.accelerator.wait_for_everyone()
+
+    def run(self) -> dict | None:
+        """Train, then evaluate the best checkpoint on validation and test; write results and report."""
+        summary = self.fit()
+        results = None
+        if self.main:
+            if self.state["best_step"] is not None:
+                ckpt.load_weights(self.model, self.run_dir / "checkpoints" / "best")
+            results = self._results(summary)
+        self.accelerator.wait_for_everyone()
+        self.log.close()
+        return results
+
+    def _results(self, summary: dict) -> dict:
+        from .report import averages, write_report
+        per_task: dict = {t.name: {} for t in self.tasks}
+        for split in ("validation", "test"):
+            for task, metrics in self.evaluate_split(split).items():
+                per_task[task][split] = metrics
+        trainable, total = pl.trainable_parameters(self.model)
+        from ..core import base_parameter_count
+        results = {"tasks": per_task, "average": averages(per_task), "model": self.config.model.name,
+                   "method": self.config.method.get("method"), "trainable": trainable, "total": total,
+                   "base": base_parameter_count(self.model), "best_step": self.state["best_step"],
+                   "train": summary, "processes": self.accelerator.num_processes}
+        write_report(self.run_dir, results)
+        return results
+
+
+def _fault_injection(step: int) -> None:
+    """Test hook: `PEFTLAB_KILL_AT_STEP=N` kills the process (SIGKILL) right after step N, so the
+    resume test exercises a real crash rather than a polite exit."""
+    target = os.environ.get("PEFTLAB_KILL_AT_STEP")
+    if target and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,132 @@
+"""Build the base model and tokenizer a run config names, and attach its method (one adapter, or one
+per task). Used by `train`, `eval` and `predict` alike so that all three rebuild the same model."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import transformers as tf
+
+import peftlab as pl
+
+from ..errors import PeftlabError
+from ..models import load_pretrained
+from ..tasks import Task
+from .schema import RunConfig
+
+DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neo", "gptj", "opt")
+TASK_ID_FIELDS = ("task_names", "tasks", "num_tasks")   # a method that routes by task id has one of these
+
+
+def model_kind(config: RunConfig, hf_config) -> str:
+    if config.model.head != "auto":
+        return config.model.head
+    if getattr(hf_config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if hf_config.model_type in DECODER_TYPES:
+        return "causal"
+    return "classification"
+
+
+def hf_config_of(name: str):
+    from ..models import offline_path
+    path = offline_path(name)
+    try:
+        if path is not None and path.suffix == ".gguf":
+            return tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        return tf.AutoConfig.from_pretrained(str(path) if path is not None else name)
+    except (OSError, ValueError) as err:
+        raise PeftlabError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+
+
+def build_model(config: RunConfig, tasks: list[Task]):
+    """(model, tokenizer, kind) with the method attached; the head is sized for the (first) task."""
+    hf_config = hf_config_of(config.model.name)
+    kind = model_kind(config, hf_config)
+    heads = {"classification": tf.AutoModelForSequenceClassification, "seq2seq": tf.AutoModelForSeq2SeqLM,
+             "causal": tf.AutoModelForCausalLM}
+    kwargs = {}
+    if kind == "classification":
+        counts = {t.num_labels for t in tasks}
+        if len(counts) > 1 or len(tasks) > 1 and any(t.kind == "regression" for t in tasks):
+            raise PeftlabError(f"tasks {[t.name for t in tasks]} need different classification heads; "
+                               f"run them one at a time or use a text-to-text model (T5, GPT-2)")
+        kwargs["num_labels"] = counts.pop()
+        kwargs["problem_type"] = ("regression" if tasks[0].kind == "regression"
+                                  else "single_label_classification")
+    elif any(t.kind == "regression" for t in tasks) and kind == "classification":
+        raise PeftlabError("regression needs a classification head")
+    with _quiet_transformers():
+        model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
+    if config.model.tokenizer:
+        tokenizer = tf.AutoTokenizer.from_pretrained(config.model.tokenizer)
+    _fix_special_tokens(model, tokenizer, kind)
+    attach_method(model, config, tasks)
+    return model, tokenizer, kind
+
+
+def attach_method(model, config: RunConfig, tasks: list[Task]) -> list[str]:
+    """Attach the run's method; returns the adapter names (one per task for `adapters: per_task`)."""
+    method = config.method_config()
+    names = [t.name for t in tasks] if config.adapters == "per_task" else ["default"]
+    for name in names:
+        pl.attach(model, method, name=_adapter_name(name))
+    if config.init_from:
+        from ..io import adapter_state, copy_into, read_safetensors, WEIGHTS_FILE
+        from pathlib import Path
+        tensors = read_safetensors(Path(config.init_from) / WEIGHTS_FILE)
+        for name in names:
+            copy_into(adapter_state(model, _adapter_name(name)), tensors, Path(config.init_from))
+    if len(names) == 1:
+        pl.activate(model, _adapter_name(names[0]))
+    return [_adapter_name(n) for n in names]
+
+
+def _adapter_name(task_name: str) -> str:
+    return task_name.replace("-", "_")
+
+
+def uses_task_ids(model) -> bool:
+    """Whether the attached method routes by task id (ATTEMPT's multi-task prompts)."""
+    for config in pl.adapters(model).values():
+        names = {f.name for f in dataclasses.fields(config)}
+        if names & set(TASK_ID_FIELDS):
+            return True
+    return False
+
+
+def _fix_special_tokens(model, tokenizer, kind: str) -> None:
+    """Decoders often lack a pad token (GPT-2, Llama): pad with the end token; T5 built from a config
+    needs decoder_start_token_id (DESIGN §6)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if kind == "seq2seq" and getattr(model.config, "decoder_start_token_id", None) is None:
+        model.config.decoder_start_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+class _quiet_transformers:
+    """'Some weights were newly initialized' is expected for a fresh task head: keep the console clean."""
+
+    def __enter__(self):
+        self.level = tf.logging.get_verbosity()
+        self.bars = tf.logging.is_progress_bar_enabled()
+        tf.logging.set_verbosity_error()
+        tf.logging.disable_progress_bar()
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        tf.logging.set_verbosity(self.level)
+        if self.bars:
+            tf.logging.enable_progress_bar()
+        return False
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Every trainable tensor by parameter name (adapter, head, claimed base tensors)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}

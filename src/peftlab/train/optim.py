@@ -1,0 +1,66 @@
+"""Optimizer, schedule and loss for the loop.
+
+The loss is a *sum* over the process's rows divided by the number of labels (examples or target
+tokens) in the whole global batch, times the number of processes (DDP averages gradients). That makes
+one process and N processes, with or without gradient accumulation, compute the same gradient.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from .data import IGNORE
+from .schema import TrainSection
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight")
+
+
+def param_groups(model, train: TrainSection) -> list[dict]:
+    """AdamW groups: the config's `param_groups` (first matching pattern wins), then the rest; biases
+    and norm weights get no weight decay unless a group says otherwise."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups: list[dict] = []
+    taken: set[str] = set()
+    for spec in train.param_groups:
+        pattern = re.compile(spec["pattern"])
+        chosen = [(n, p) for n, p in named if n not in taken and pattern.search(n)]
+        taken.update(n for n, _ in chosen)
+        lr = spec["learning_rate"] if spec["learning_rate"] is not None else train.learning_rate
+        decay = spec["weight_decay"] if spec["weight_decay"] is not None else train.weight_decay
+        groups += _split_decay(chosen, lr, decay, spec["pattern"])
+    rest = [(n, p) for n, p in named if n not in taken]
+    groups += _split_decay(rest, train.learning_rate, train.weight_decay, "default")
+    return [g for g in groups if g["params"]]
+
+
+def _split_decay(named, lr, decay, label) -> list[dict]:
+    plain = [p for n, p in named if not n.endswith(NO_DECAY)]
+    exempt = [p for n, p in named if n.endswith(NO_DECAY)]
+    return [{"params": plain, "lr": lr, "weight_decay": decay, "name": label},
+            {"params": exempt, "lr": lr, "weight_decay": 0.0, "name": f"{label} (no decay)"}]
+
+
+def build_optimizer(model, train: TrainSection, total_steps: int):
+    optimizer = torch.optim.AdamW(param_groups(model, train), lr=train.learning_rate)
+    warmup = train.warmup_steps or int(train.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+    return optimizer, scheduler
+
+
+def loss_sum(kind: str, logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Summed loss over this batch: cross-entropy (or squared error for regression) per example, or
+    per target token for text-to-text (causal models predict token t+1 from position t)."""
+    logits = logits.float()
+    if kind == "classification":
+        if regression:
+            return ((logits.squeeze(-1) - labels.float()) ** 2).sum()
+        return F.cross_entropy(logits, labels, reduction="sum")
+    if logits.shape[1] > labels.shape[1]:      # virtual tokens (prompts) prepended to a decoder's input
+        logits = logits[:, -labels.shape[1]:]
+    if kind == "causal":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")

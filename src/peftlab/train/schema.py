@@ -1,0 +1,225 @@
+"""The run config: typed dataclasses, validated before any model loads.
+
+A config file (JSON or YAML) is a mapping with the sections below; unknown keys raise an error naming
+the key and the closest valid one. The seeds' own flat configs (Compacter, ATTEMPT) are translated
+first (see `seeds.py`). Dotted `key=value` overrides are applied to the mapping before validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import _coerce, closest
+from ..errors import PeftlabError
+
+
+@dataclass
+class Section:
+    """A config section: fields are coerced to their annotations; `check()` adds cross-field rules."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            tp = hints[f.name]
+            if isinstance(tp, type) and issubclass(tp, Section) and isinstance(value, dict):
+                value = tp.from_dict(value, f"{self._where()}.{f.name}" if self._where() else f.name)
+            elif not (isinstance(tp, type) and issubclass(tp, Section)):
+                value = _coerce(value, tp, f"{self._where()}.{f.name}".lstrip("."))
+            setattr(self, f.name, value)
+        self.check()
+
+    def _where(self) -> str:
+        return getattr(self, "_section", "")
+
+    def check(self) -> None:
+        pass
+
+    @classmethod
+    def from_dict(cls, data, where: str = ""):
+        if not isinstance(data, dict):
+            raise PeftlabError(f"{where or 'config'}: expected a mapping, got {data!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                full = f"{where}.{key}" if where else key
+                raise PeftlabError(f"unknown config key '{full}'{closest(str(key), names)}")
+        obj = cls.__new__(cls)
+        obj._section = where
+        obj.__init__(**data)
+        return obj
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Section) else _plain(value)
+        return out
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PeftlabError(message)
+
+
+@dataclass
+class ModelSection(Section):
+    name: str = "minilm"                  # hub id, local directory, or offline package alias
+    head: Literal["auto", "classification", "seq2seq", "causal"] = "auto"
+    tokenizer: str | None = None          # default: the model's own
+    max_length: int = 128                 # source tokens (the seeds' max_source_length)
+    max_target_length: int = 16           # target tokens, and the generation budget at evaluation
+
+    def check(self):
+        require(self.max_length > 0 and self.max_target_length > 0, "model: lengths must be positive")
+
+
+@dataclass
+class DataSection(Section):
+    dir: str | None = None                # local task files; None: the hub through `datasets`
+    splits: Literal["paper", "official"] = "paper"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    sampling: Literal["proportional", "temperature"] = "proportional"
+    temperature: float = 1.0              # T in p_i ~ n_i^(1/T) (ATTEMPT, Compacter's multitask sampler)
+    mixing: Literal["mixed", "per_task"] = "mixed"   # mixed-task batches, or one task per batch
+
+    def check(self):
+        require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"data.{key} must be positive, got {value}")
+
+
+@dataclass
+class ParamGroup(Section):
+    pattern: str = ""                     # regular expression on parameter names
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass
+class TrainSection(Section):
+    epochs: float = 3.0
+    max_steps: int | None = None          # overrides epochs
+    batch_size: int = 32                  # global: over processes and accumulation steps
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 42
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int = 500
+    log_steps: int = 10
+    early_stopping_patience: int | None = None   # evaluations without improvement before stopping
+    param_groups: tuple[dict, ...] = ()   # [{pattern, learning_rate, weight_decay}]: first match wins
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def check(self):
+        require(self.batch_size > 0 and self.eval_batch_size > 0, "train: batch sizes must be positive")
+        require(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps must be >= 1")
+        require(self.batch_size % self.gradient_accumulation_steps == 0,
+                f"train.batch_size {self.batch_size} is not a multiple of gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}")
+        require(self.epochs > 0 or (self.max_steps or 0) > 0, "train: give epochs > 0 or max_steps > 0")
+        require(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be positive, got {self.max_steps}")
+        require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        require(self.eval_steps > 0 and self.log_steps > 0, "train: eval_steps and log_steps must be positive")
+        self.param_groups = tuple(ParamGroup.from_dict(g, f"train.param_groups[{i}]").to_dict()
+                                  for i, g in enumerate(self.param_groups))
+        for group in self.param_groups:
+            _check_regex(group["pattern"])
+
+
+def _check_regex(pattern: str) -> None:
+    import re
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise PeftlabError(f"train.param_groups: bad pattern {pattern!r} ({err})") from None
+
+
+@dataclass
+class RunConfig(Section):
+    tasks: tuple[str, ...] = ()
+    method: dict = field(default_factory=lambda: {"method": "houlsby"})
+    adapters: Literal["shared", "per_task"] = "shared"   # one adapter, or one per task (Compacter)
+    init_from: str | None = None          # a saved adapter dir whose weights start this run (SPoT)
+    output_dir: str = "runs/default"
+    overwrite: bool = False
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    description: str = ""
+
+    def check(self):
+        from ..registry import config_from_dict
+        from ..tasks import get_task
+        require(len(self.tasks) > 0, "tasks: name at least one task, e.g. tasks: [sst2]")
+        self.tasks = tuple(get_task(t).name for t in self.tasks)
+        require(len(set(self.tasks)) == len(self.tasks), f"tasks: {list(self.tasks)} names a task twice")
+        config_from_dict(self.method)     # validates the method config now, before any model loads
+        if self.adapters == "per_task":
+            require(self.data.mixing == "per_task", "adapters: per_task needs data.mixing: per_task "
+                                                    "(each batch must come from one task)")
+
+    def method_config(self):
+        from ..registry import config_from_dict
+        return config_from_dict(self.method)
+
+
+def read_config_file(path) -> dict:
+    """A JSON or YAML mapping from `path`; a bad file raises one line naming it."""
+    from ..tasks.readers import read_text
+    path = Path(path)
+    text = read_text(path)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        line = getattr(err, "lineno", None) or getattr(getattr(err, "problem_mark", None), "line", -1) + 1
+        raise PeftlabError(f"{path}:{line}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}") from None
+    if not isinstance(data, dict):
+        raise PeftlabError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """`train.learning_rate=1e-3` style overrides; values are parsed as YAML scalars/lists."""
+    data = json.loads(json.dumps(data))
+    for item in overrides or ():
+        if "=" not in item:
+            raise PeftlabError(f"override {item!r} is not key=value (e.g. train.learning_rate=1e-3)")
+        key, raw = item.split("=", 1)
+        value: Any = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PeftlabError(f"override {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_run_config(path, overrides=()) -> RunConfig:
+    from .seeds import translate_if_seed
+    data = translate_if_seed(read_config_file(path))
+    return RunConfig.from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,160 @@
+"""Helpers for the runner tests (no tests here): tiny task files in every official format, and tiny
+random models saved with a word-level tokenizer, so that configs run offline in seconds."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import transformers as tf
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from tiny import tiny_config
+
+WORDS = ("the film is good bad great awful a movie plot actor story was not very fun dull bright dark man "
+         "woman dog cat runs sees likes hates city park food cheap expensive near river pub cafe yes no "
+         "question answer passage word true false it he she they").split()
+SPECIAL = ["<pad>", "</s>", "<s>", "<unk>", "[CLS]", "[SEP]"]
+SCORES = [f"{i / 5:.1f}" for i in range(26)]
+ROWS = {"train": 24, "validation": 12}
+
+
+def sentence(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_task_files(root: Path, rows: dict = ROWS, seed: int = 0) -> Path:
+    """Official-format files for every GLUE, SuperGLUE and E2E task under `root`."""
+    rng = random.Random(seed)
+    for split, n in rows.items():
+        _glue(root / "glue", split, n, rng)
+        _superglue(root / "superglue", split, n, rng)
+        _e2e(root / "nlg" / "e2e", split, n, rng)
+    return root
+
+
+def _tsv(path: Path, header, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _glue(root: Path, split: str, n: int, rng) -> None:
+    name = "train.tsv" if split == "train" else "dev.tsv"
+    s = lambda: sentence(rng)  # noqa: E731
+    _tsv(root / "CoLA" / name, None, [("gj04", i % 2, "", s()) for i in range(n)])
+    _tsv(root / "SST-2" / name, ("sentence", "label"), [(s(), i % 2) for i in range(n)])
+    _tsv(root / "MRPC" / name, ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+         [(i % 2, i, i + 1, s(), s()) for i in range(n)])
+    _tsv(root / "QQP" / name, ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+         [(i, i, i, s(), s(), i % 2) for i in range(n)])
+    _tsv(root / "STS-B" / name, ("index", "genre", "filename", "year", "old_index", "source1", "source2",
+                                 "sentence1", "sentence2", "score"),
+         [(i, "g", "f", "y", i, "n", "n", s(), s(), f"{rng.uniform(0, 5):.3f}") for i in range(n)])
+    mnli = "train.tsv" if split == "train" else "dev_matched.tsv"
+    _tsv(root / "MNLI" / mnli, ("index", "genre", "sentence1", "sentence2", "gold_label"),
+         [(i, "g", s(), s(), ("entailment", "neutral", "contradiction")[i % 3]) for i in range(n)])
+    _tsv(root / "QNLI" / name, ("index", "question", "sentence", "label"),
+         [(i, s(), s(), ("entailment", "not_entailment")[i % 2]) for i in range(n)])
+    _tsv(root / "RTE" / name, ("index", "sentence1", "sentence2", "label"),
+         [(i, s(), s(), ("entailment", "not_entailment")[i % 2]) for i in range(n)])
+    _tsv(root / "WNLI" / name, ("index", "sentence1", "sentence2", "label"), [(i, s(), s(), i % 2) for i in range(n)])
+
+
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _superglue(root: Path, split: str, n: int, rng) -> None:
+    name = "train.jsonl" if split == "train" else "val.jsonl"
+    s = lambda k=6: sentence(rng, k)  # noqa: E731
+    _jsonl(root / "BoolQ" / name, [{"question": s(), "passage": s(12), "label": bool(i % 2), "idx": i}
+                                   for i in range(n)])
+    _jsonl(root / "CB" / name, [{"premise": s(), "hypothesis": s(), "idx": i,
+                                 "label": ("entailment", "contradiction", "neutral")[i % 3]} for i in range(n)])
+    _jsonl(root / "COPA" / name, [{"premise": s(), "choice1": s(), "choice2": s(), "question": "effect",
+                                   "label": i % 2, "idx": i} for i in range(n)])
+    _jsonl(root / "MultiRC" / name, [{"idx": i, "passage": {"text": s(12), "questions": [
+        {"question": s(), "idx": 0, "answers": [{"text": s(3), "idx": j, "label": (i + j) % 2} for j in range(2)]}]}}
+        for i in range(n)])
+    _jsonl(root / "ReCoRD" / name, [{"idx": i, "passage": {"text": "the dog sees the cat near the river",
+                                                           "entities": [{"start": 4, "end": 6}, {"start": 16, "end": 18}]},
+                                     "qas": [{"idx": f"{i}-0", "query": "the @placeholder runs",
+                                              "answers": [{"start": 4, "end": 6, "text": "dog"}]}]} for i in range(n)])
+    _jsonl(root / "WiC" / name, [{"word": "film", "sentence1": s(), "sentence2": s(), "label": bool(i % 2),
+                                  "idx": i} for i in range(n)])
+    _jsonl(root / "WSC" / name, [{"text": "the man sees the dog and he likes it", "idx": i, "label": bool(i % 2),
+                                  "target": {"span1_index": 1, "span1_text": "man", "span2_index": 6,
+                                             "span2_text": "he"}} for i in range(n)])
+    _jsonl(root / "RTE" / name, [{"premise": s(), "hypothesis": s(), "idx": i,
+                                  "label": ("entailment", "not_entailment")[i % 2]} for i in range(n)])
+
+
+def _e2e(root: Path, split: str, n: int, rng) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    name = "trainset.csv" if split == "train" else "devset.csv"
+    with open(root / name, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["mr", "ref"])
+        for i in range(n):
+            writer.writerow([f"name[{rng.choice(WORDS)}], food[cheap]", sentence(rng)])
+
+
+def tokenizer_for(kind: str) -> tf.PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + SCORES + [str(i) for i in range(10)] + sorted(set(WORDS))
+                                            + ["sentence:", "answer:", "name[", "food[cheap]"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind == "classification":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 4), ("[SEP]", 5)])
+    elif kind == "seq2seq":
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
+                                      unk_token="<unk>", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def tiny_model_dir(arch: str, root: Path) -> Path:
+    """A tiny random `arch` model (no dropout) and its tokenizer, saved like a hub checkpoint."""
+    out = Path(root) / f"tiny-{arch}"
+    if (out / "config.json").exists():
+        return out
+    kind = {"t5": "seq2seq", "bart": "seq2seq", "gpt2": "causal", "llama": "causal"}.get(arch, "classification")
+    tokenizer = tokenizer_for(kind)
+    config = tiny_config(arch)
+    config.vocab_size = len(tokenizer)
+    for key in list(config.to_dict()):
+        if "dropout" in key or "pdrop" in key:
+            setattr(config, key, 0.0)
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 1, 2
+    if kind == "seq2seq":
+        config.decoder_start_token_id = 0
+    import torch
+    torch.manual_seed(0)
+    head = {"seq2seq": tf.AutoModelForSeq2SeqLM, "causal": tf.AutoModelForCausalLM}.get(kind, tf.AutoModel)
+    head.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_run_config(tmp: Path, arch: str = "bert", task: str = "sst2", **sections) -> dict:
+    """A run config mapping for a tiny model on the tiny task files."""
+    data_dir = tmp / "data"
+    if not data_dir.exists():
+        write_task_files(data_dir)
+    config = {"tasks": [task], "method": {"method": "houlsby", "reduction_factor": 4},
+              "output_dir": str(tmp / "run"), "model": {"name": str(tiny_model_dir(arch, tmp / "models")),
+                                                        "max_length": 24, "max_target_length": 4},
+              "data": {"dir": str(data_dir), "splits": "official"},
+              "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-2,
+                        "eval_strategy": "steps", "eval_steps": 2, "log_steps": 1, "tensorboard": False,
+                        "progress_bar": False, "seed": 3}}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
