@@ -11,7 +11,7 @@ embeddings and every mask, position and label tensor stays aligned:
   mask and shift the positions, since the prompt already sits in the KV cache.
 - encoder-decoder models (T5, BART): a pre-hook on the encoder prepends the prompt (so the encoder call
   `generate()` makes on its own is prompted too) and a pre-hook on the decoder extends the cross-attention
-  mask whenever it is m shorter than the encoder's output. The decoder input is left alone.
+  mask whenever it is shorter than the encoder's output. The decoder input is left alone.
 
 Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs so the base
 model never sees them; the provider receives them.
@@ -140,12 +140,15 @@ def _encoder_hook(target, provider, embed):
 
 
 def _cross_mask_hook(target, provider):
+    """Prompts sit in front of the encoder's output: give the cross-attention mask that many leading ones
+    (once, for all prompt adapters together, so stacked prompts stay aligned)."""
     def hook(module, args, kwargs):
         mask, states = kwargs.get("encoder_attention_mask"), kwargs.get("encoder_hidden_states")
         if not is_active(target) or mask is None or states is None:
             return None
-        if mask.shape[-1] + provider.length == states.shape[1]:
-            ones = torch.ones(*mask.shape[:-1], provider.length, dtype=mask.dtype, device=mask.device)
+        missing = states.shape[1] - mask.shape[-1]
+        if missing > 0:
+            ones = torch.ones(*mask.shape[:-1], missing, dtype=mask.dtype, device=mask.device)
             kwargs["encoder_attention_mask"] = torch.cat([ones, mask], dim=-1)
         return args, kwargs
 
