@@ -5,3 +5,5 @@ from . import inducer  # noqa: F401
 from . import prefix, prompt  # noqa: F401
 from . import intrinsic, lowrank, phm  # noqa: F401
 from . import attempt, spot  # noqa: F401
+from . import combos  # noqa: F401
+from . import invertible  # noqa: F401

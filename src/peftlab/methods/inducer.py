@@ -35,7 +35,7 @@ from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import Parallel, build_bottleneck
 from .kernel import attention_sites as projection_sites, head_counts, projection_segments, truncated_normal_
-from .lora import LoRA, LoRAPart, build_lora
+from .lora import LoRA, LoRAPart, build_lora, lora_sites
 
 
 @dataclass
@@ -185,23 +185,29 @@ class SliceLoRA(Part):
 _PROJECTIONS = ("attn.q", "attn.k", "attn.v")
 
 
-def build_side_lora(target, lora: LoRA) -> None:
-    """Attach `lora` through the same target; on a fused q/k/v projection only the named slices."""
-    kwargs = lora.build_kwargs()
-    fused_slots = [s for s in lora.slots if s in _PROJECTIONS]
-    if not target.layout.attention.get("fused_qkv") or lora.target_modules or not fused_slots:
-        build_lora(target, **kwargs)
+def build_side_lora(target, lora: LoRA, wrap=None) -> None:
+    """Attach `lora` through the same target; on a fused q/k/v projection only the named slices.
+
+    `wrap(part, in_features)` may wrap each LoRA part (UniPELT's gates); without it, and without a
+    fused projection, this is exactly the LoRA method's own builder."""
+    fused = target.layout.attention.get("fused_qkv") and not lora.target_modules
+    if wrap is None and not (fused and any(s in _PROJECTIONS for s in lora.slots)):
+        build_lora(target, **lora.build_kwargs())
         return
-    others = tuple(s for s in lora.slots if s not in _PROJECTIONS)
-    if others:
-        build_lora(target, **{**kwargs, "slots": others})
+    wrap = wrap or (lambda part, d_in: part)
     selection = LayerSelection(lora.layers, lora.encoder_layers, lora.decoder_layers, lora.leave_out)
-    kinds = "".join(slot[-1] for slot in fused_slots)
-    for site in target.sites("attn.qkv", selection):
+    plain = tuple(s for s in lora.slots if not (fused and s in _PROJECTIONS))
+    if lora.target_modules or plain:
+        for site in lora_sites(target, plain, lora.target_modules, selection):
+            dims = feature_dims(target.module(site.path))
+            check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
+            target.place(site, wrap(LoRAPart(dims[0], dims[1], lora.r, lora.alpha, lora.dropout), dims[0]))
+    kinds = "".join(slot[-1] for slot in lora.slots if fused and slot in _PROJECTIONS)
+    for site in target.sites("attn.qkv", selection) if kinds else ():
         d_in, d_out = feature_dims(target.module(site.path))
         for segment in projection_segments(target, site, kinds, "LoRA").values():
             part = LoRAPart(d_in, segment.width, lora.r, lora.alpha, lora.dropout)
-            target.place(site, SliceLoRA(segment, part, d_out))
+            target.place(site, wrap(SliceLoRA(segment, part, d_out), d_in))
 
 
 def _by_layer(sites) -> dict:
