@@ -23,6 +23,9 @@ from .methods.attempt import Attempt
 from .methods.prefix import PrefixTuning, eject_prefix
 from .methods.prompt import PromptTuning
 from .methods.spot import SPoT
+from .methods.combos import MAM, UniPELT
+from .methods.inducer import Inducer, InducerLoRA, InducerMAM
+from .methods.kernel import KernelAdapter, KernelMix
 from .peft_interop import export_peft
 from .registry import config_from_dict, method_names
 
@@ -35,5 +38,6 @@ __all__ = [
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
     "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",
     "PromptTuning", "PrefixTuning", "SPoT", "Attempt", "eject_prefix",
+    "KernelAdapter", "KernelMix", "Inducer", "InducerLoRA", "InducerMAM", "MAM", "UniPELT",
     "Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "route",
 ]
