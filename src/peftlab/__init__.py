@@ -15,6 +15,7 @@ from .methods.bitfit import BitFit
 from .methods.bottleneck import Bottleneck, Houlsby, Parallel, Pfeiffer
 from .methods.full import FullFinetune
 from .methods.ia3 import IA3
+from .methods.invertible import InvertibleAdapter
 from .methods.lora import LoRA
 from .methods.intrinsic import IntrinsicSAID
 from .methods.lowrank import LowRankAdapter
@@ -39,5 +40,5 @@ __all__ = [
     "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",
     "PromptTuning", "PrefixTuning", "SPoT", "Attempt", "eject_prefix",
     "KernelAdapter", "KernelMix", "Inducer", "InducerLoRA", "InducerMAM", "MAM", "UniPELT",
-    "Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "route",
+    "Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "route", "InvertibleAdapter",
 ]

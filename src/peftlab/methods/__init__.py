@@ -6,3 +6,4 @@ from . import prefix, prompt  # noqa: F401
 from . import intrinsic, lowrank, phm  # noqa: F401
 from . import attempt, spot  # noqa: F401
 from . import combos  # noqa: F401
+from . import invertible  # noqa: F401
