@@ -159,3 +159,17 @@ def test_bad_prompt_configs_raise_and_leave_the_model_unchanged(config, message)
         pl.attach(model, pl.PromptTuning(**config), "a")
     assert not hasattr(model, "_peftlab") and not model._forward_pre_hooks
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_text_init_with_a_real_tokenizer_on_pretrained_minilm():
+    from peftlab.models import load_pretrained, offline_path
+    if offline_path("minilm") is None or not offline_path("minilm").exists():
+        pytest.skip("offline MiniLM package not installed")
+    model, tokenizer = load_pretrained("minilm")
+    ids = tokenizer("classify the sentiment", add_special_tokens=False)["input_ids"]
+    pl.attach(model, pl.PromptTuning(length=7, init="text", init_text="classify the sentiment",
+                                     tokenizer="minilm"), "a")
+    table = model.get_input_embeddings().weight
+    assert torch.equal(_prompt(model), table[(ids * 7)[:7]])
+    batch = tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)

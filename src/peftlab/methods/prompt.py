@@ -76,9 +76,12 @@ def vocab_init(target, length: int, vocab_ids: str, vocab_range: int, seed: int)
 def text_ids(init_text, init_token_ids, tokenizer) -> list[int]:
     if init_token_ids:
         return list(init_token_ids)
+    from transformers import AutoTokenizer
+
+    from ..models import offline_path
+    source = offline_path(tokenizer) or tokenizer          # "minilm" and other offline names work too
     try:
-        from transformers import AutoTokenizer
-        ids = AutoTokenizer.from_pretrained(tokenizer)(init_text, add_special_tokens=False)["input_ids"]
+        ids = AutoTokenizer.from_pretrained(str(source))(init_text, add_special_tokens=False)["input_ids"]
     except OSError as err:
         raise PeftlabError(f"cannot load tokenizer '{tokenizer}' for init_text ({err})") from None
     if not ids:
