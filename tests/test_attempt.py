@@ -146,3 +146,16 @@ def test_bad_attempt_configs_and_sources(tmp_path):
     short = _saved_prompt(tmp_path, "gpt2", 0, length=3)[0]
     with pytest.raises(pl.PeftlabError, match="has 3 tokens"):
         pl.attach(tiny_model("gpt2"), pl.Attempt(sources=[_saved_prompt(tmp_path, "gpt2", 1)[0], short]), "a")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_single_task_attempt_generates_as_a_manual_loop_does(arch, tmp_path):
+    from test_prompt import generate_vs_manual
+    paths = [_saved_prompt(tmp_path, arch, s)[0] for s in range(2)]
+    model = tiny_model(arch)
+    pl.attach(model, pl.Attempt(sources=paths, attn_hidden=8), "a")
+    with torch.no_grad():
+        _provider(model).targets.mul_(4.0)
+    generated, manual, gen_logits, manual_logits = generate_vs_manual(model, arch)
+    assert torch.equal(generated, manual)
+    torch.testing.assert_close(gen_logits, manual_logits, rtol=0, atol=1e-5)
