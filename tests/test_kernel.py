@@ -12,8 +12,8 @@ import transformers as tf
 import peftlab as pl
 from peftlab.core import attachment_parameters
 from peftlab.layouts import layout_for
-from peftlab.methods.kernel import KernelAdapter, KernelMix, KernelScalePart, FusedMixPart, OutputPart, \
-    QueryPart, ValuePart
+from peftlab.methods.kernel import FusedMixPart, KernelAdapter, KernelMix, KernelScalePart, OutputMix, QueryMix, \
+    ValueMix
 from peftlab.state import controller_of
 from peftlab.surgery import base_module, get_module
 from peftlab.targeting import LayerSelection, resolve_slot
@@ -249,9 +249,9 @@ def _mix_edits(layer: Layer, name: str):
         part = layer.parts(name, layer.qkv[0], FusedMixPart)[0]
         query, value = part.query, part.value
     else:
-        query = layer.parts(name, layer.qkv[0], QueryPart)[0].mix
-        value = layer.parts(name, layer.qkv[2], ValuePart)[0].mix
-    out = layer.parts(name, layer.o, OutputPart)[0].mix
+        query = layer.parts(name, layer.qkv[0], QueryMix)[0]
+        value = layer.parts(name, layer.qkv[2], ValueMix)[0]
+    out = layer.parts(name, layer.o, OutputMix)[0]
 
     def head_term(m, inputs, shared):   # s (B_h A_h x + b_h), explicit loops over heads
         rows = [m.scale * ((inputs if shared else inputs[..., h, :]) @ m.A[h].T @ m.B[h].T + m.b[h])

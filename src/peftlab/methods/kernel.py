@@ -7,20 +7,16 @@ per head. They act on the projection outputs, i.e. before rotary embeddings on L
 key/value cache, so cached generation sees the same keys.
 
 **KernelMix** gives every head its own low-rank update plus one shared low-rank term per projection:
-    dQ_h = s_q (B_h A_h x + b_h)          A_h: r_q x d,    B_h: d_h x r_q   (from the layer input x)
-    dV_h = s_v (B_h A_h k_h + b_h)        A_h: r_v x d_h,  B_h: d_h x r_v   (from the head's own key)
-    dO   = s_o (B [A_1 a_1; ...; A_H a_H] + b)   A_h: r_o x d_h, B: d x H r_o (from each head's output a_h)
-plus, per projection, s (B A x) of rank `shared_r_*` on the projection's own input. s = alpha / r for
-each term (alpha=None keeps s = 1, as in the paper's GPT-2 runs). The paper's init is N(0, 0.01^2)
-truncated at 2 sigma for every tensor (`init="normal"`); `init="zero"` zeroes every B and bias instead,
-which makes the method exactly the identity at init.
-
-On GPT-2 the three projections are one fused Conv1D: both methods act on the matching slices of its
-output (queries, keys, values in that order).
+    dQ_h = s (B_h A_h x + b_h)               from the layer input x, rank r_q
+    dV_h = s (B_h A_h k_h + b_h)             from the head's own key k_h, rank r_v
+    dO   = s (B [A_1 a_1; ...; A_H a_H] + b) from each head's output a_h, rank r_o per head
+plus s B A x of rank `shared_r_*` on each projection's own input; s = alpha / r per term (alpha=None:
+s = 1, the paper's runs). Init N(0, 0.01^2) truncated at 2 sigma everywhere (`init="normal"`, the
+paper's) or zero B's and biases (`init="zero"`: exactly the identity). On GPT-2's fused q/k/v Conv1D
+both methods act on the slices of its output.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +64,11 @@ class Segment:
         """`h` with this segment replaced by `new` (..., heads, head_dim); out of place."""
         end = self.start + self.width
         return torch.cat([h[..., :self.start], new.flatten(-2).to(h.dtype), h[..., end:]], dim=-1)
+
+    def add(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """`h` with the flat `delta` added to this segment; out of place."""
+        end = self.start + self.width
+        return torch.cat([h[..., :self.start], h[..., self.start:end] + delta.to(h.dtype), h[..., end:]], dim=-1)
 
 
 def _split(width: int, heads: int, path: str, method: str) -> int:
@@ -210,6 +211,12 @@ def _scale(alpha, rank: int) -> float:
     return 1.0 if alpha is None else alpha / rank
 
 
+def _fill(init: str, *tensors: torch.Tensor) -> None:
+    """The up-projections and biases: the paper's small normal init, or zeros (identity at init)."""
+    for tensor in tensors:
+        truncated_normal_(tensor) if init == "normal" else nn.init.zeros_(tensor)
+
+
 class HeadLowRank(nn.Module):
     """Per head h: s (B_h A_h x_h + b_h). `x` is (..., in) when shared_input, else (..., heads, in)."""
 
@@ -218,8 +225,7 @@ class HeadLowRank(nn.Module):
         self.A = nn.Parameter(truncated_normal_(torch.empty(heads, rank, in_dim)))
         self.B = nn.Parameter(torch.empty(heads, out_dim, rank))
         self.b = nn.Parameter(torch.empty(heads, out_dim))
-        for tensor in (self.B, self.b):
-            truncated_normal_(tensor) if init == "normal" else nn.init.zeros_(tensor)
+        _fill(init, self.B, self.b)
         self.scale = scale
 
     def forward(self, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
@@ -234,55 +240,69 @@ class SharedLowRank(nn.Module):
         super().__init__()
         self.A = nn.Parameter(truncated_normal_(torch.empty(rank, in_dim)))
         self.B = nn.Parameter(torch.empty(out_dim, rank))
-        truncated_normal_(self.B) if init == "normal" else nn.init.zeros_(self.B)
+        _fill(init, self.B)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * (x @ self.A.T @ self.B.T)
 
 
-class QueryMix(nn.Module):
-    """dQ from the layer input x, as (..., heads, head_dim)."""
+def _shared(d_in: int, d_out: int, rank: int, alpha, init: str) -> SharedLowRank | None:
+    return SharedLowRank(d_in, d_out, rank, _scale(alpha, rank), init) if rank else None
+
+
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class QueryMix(Part):
+    """dQ (flat, the query projection's width) from the layer input x."""
+
+    role = "add"
 
     def __init__(self, segment: Segment, d_in: int, rank: int, shared_rank: int, alpha, init: str, dropout: float):
         super().__init__()
-        self.segment = segment
         self.head = HeadLowRank(segment.heads, d_in, segment.head_dim, rank, _scale(alpha, rank), init)
-        self.shared = SharedLowRank(d_in, segment.width, shared_rank, _scale(alpha, shared_rank), init) \
-            if shared_rank else None
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.shared, self.dropout = _shared(d_in, segment.width, shared_rank, alpha, init), _dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(x.to(self.head.A.dtype))
-        delta = self.head(x, shared_input=True)
-        if self.shared is not None:
-            delta = delta + self.shared(x).unflatten(-1, (self.segment.heads, self.segment.head_dim))
-        return delta
+    def forward(self, x):
+        z = self.dropout(x.to(self.head.A.dtype))
+        delta = self.head(z, shared_input=True).flatten(-2)
+        return (delta if self.shared is None else delta + self.shared(z)).to(x.dtype)
 
 
-class ValueMix(nn.Module):
-    """dV of each key/value head from that head's key; the shared term reads the projection's input x."""
+class ValueMix(Part):
+    """dV of each key/value head from that head's key, which the layer's `KeyStash` hands over in the same
+    forward; the shared term reads the value projection's input x."""
+
+    role = "add"
 
     def __init__(self, segment: Segment, d_in: int, rank: int, shared_rank: int, alpha, init: str, dropout: float):
         super().__init__()
-        self.segment = segment
-        hd = segment.head_dim
+        self.segment, hd = segment, segment.head_dim
         self.head = HeadLowRank(segment.heads, hd, hd, rank, _scale(alpha, rank), init)
-        self.shared = SharedLowRank(d_in, segment.width, shared_rank, _scale(alpha, shared_rank), init) \
-            if shared_rank else None
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.shared, self.dropout = _shared(d_in, segment.width, shared_rank, alpha, init), _dropout(dropout)
+        self.pending_keys = None
 
-    def forward(self, keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         dtype = self.head.A.dtype
-        delta = self.head(self.dropout(keys.to(dtype)), shared_input=False)
+        keys = keys.unflatten(-1, (self.segment.heads, self.segment.head_dim))
+        delta = self.head(self.dropout(keys.to(dtype)), shared_input=False).flatten(-2)
         if self.shared is not None:
-            shared = self.shared(self.dropout(x.to(dtype)))
-            delta = delta + shared.unflatten(-1, (self.segment.heads, self.segment.head_dim))
-        return delta
+            delta = delta + self.shared(self.dropout(x.to(dtype)))
+        return delta.to(x.dtype)
+
+    def forward(self, x):
+        keys, self.pending_keys = self.pending_keys, None
+        if keys is None:
+            raise PeftlabError("KernelMix: the value projection ran before the key projection of its layer")
+        return self.delta(keys, x)
 
 
-class OutputMix(nn.Module):
-    """dO from the heads' outputs a_h (the output projection's input), block-wise down, one up."""
+class OutputMix(Part):
+    """dO from the heads' outputs a_h (the output projection's input): block-wise down, one up."""
+
+    role = "add"
 
     def __init__(self, heads: int, head_dim: int, d_out: int, rank: int, shared_rank: int, alpha, init: str,
                  dropout: float):
@@ -291,28 +311,15 @@ class OutputMix(nn.Module):
         self.A = nn.Parameter(truncated_normal_(torch.empty(heads, rank, head_dim)))
         self.B = nn.Parameter(torch.empty(d_out, heads * rank))
         self.b = nn.Parameter(torch.empty(d_out))
-        for tensor in (self.B, self.b):
-            truncated_normal_(tensor) if init == "normal" else nn.init.zeros_(tensor)
-        self.shared = SharedLowRank(heads * head_dim, d_out, shared_rank, _scale(alpha, shared_rank), init) \
-            if shared_rank else None
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(x.to(self.A.dtype))
-        low = torch.einsum("...hi,hri->...hr", x.unflatten(-1, (self.heads, self.head_dim)), self.A)
-        delta = self.scale * (low.flatten(-2) @ self.B.T + self.b)
-        return delta if self.shared is None else delta + self.shared(x)
-
-
-class QueryPart(Part):
-    role = "add"
-
-    def __init__(self, mix: QueryMix):
-        super().__init__()
-        self.mix = mix
+        _fill(init, self.B, self.b)
+        self.shared = _shared(heads * head_dim, d_out, shared_rank, alpha, init)
+        self.dropout = _dropout(dropout)
 
     def forward(self, x):
-        return self.mix(x).flatten(-2).to(x.dtype)
+        z = self.dropout(x.to(self.A.dtype))
+        low = torch.einsum("...hi,hri->...hr", z.unflatten(-1, (self.heads, self.head_dim)), self.A)
+        delta = self.scale * (low.flatten(-2) @ self.B.T + self.b)
+        return (delta if self.shared is None else delta + self.shared(z)).to(x.dtype)
 
 
 class KeyStash(Part):
@@ -320,39 +327,13 @@ class KeyStash(Part):
 
     role = "output"
 
-    def __init__(self, consumer: "ValuePart"):
+    def __init__(self, consumer: ValueMix):
         super().__init__()
         self.__dict__["consumer"] = consumer   # a plain reference: the weights live in the consumer
 
     def forward(self, h):
         self.consumer.pending_keys = h
         return h
-
-
-class ValuePart(Part):
-    role = "add"
-
-    def __init__(self, mix: ValueMix):
-        super().__init__()
-        self.mix, self.pending_keys = mix, None
-
-    def forward(self, x):
-        keys, self.pending_keys = self.pending_keys, None
-        if keys is None:
-            raise PeftlabError("KernelMix: the value projection ran before the key projection of its layer")
-        keys = keys.unflatten(-1, (self.mix.segment.heads, self.mix.segment.head_dim))
-        return self.mix(keys, x).flatten(-2).to(x.dtype)
-
-
-class OutputPart(Part):
-    role = "add"
-
-    def __init__(self, mix: OutputMix):
-        super().__init__()
-        self.mix = mix
-
-    def forward(self, x):
-        return self.mix(x).to(x.dtype)
 
 
 class FusedInputTap(Part):
@@ -378,12 +359,10 @@ class FusedMixPart(Part):
     def forward(self, h):
         x, self.pending_input = self.pending_input, None
         if self.value is not None:
-            keys = self.segments["k"].take(h)
-            v = self.segments["v"]
-            h = v.put(h, v.take(h) + self.value(keys, x).to(h.dtype))
+            k = self.segments["k"]
+            h = self.segments["v"].add(h, self.value.delta(h[..., k.start:k.start + k.width], x))
         if self.query is not None:
-            q = self.segments["q"]
-            h = q.put(h, q.take(h) + self.query(x).to(h.dtype))
+            h = self.segments["q"].add(h, self.query(x))
         return h
 
 
@@ -416,13 +395,13 @@ def build_kernel_mix(target, *, r_q, r_v, r_o, shared_r_q, shared_r_v, shared_r_
         for site in target.sites("attn.o", selection):
             d_in, d_out = feature_dims(target.module(site.path))
             head_dim = _split(d_in, heads, site.path, "KernelMix")
-            target.place(site, OutputPart(OutputMix(heads, head_dim, d_out, r_o, shared_r_o, alpha, init, dropout)))
+            target.place(site, OutputMix(heads, head_dim, d_out, r_o, shared_r_o, alpha, init, dropout))
 
 
 def _place_separate(target, selection, mixes):
     if "q" in mixes:
         for site in target.sites("attn.q", selection):
-            target.place(site, QueryPart(mixes["q"](projection_segments(target, site, "q", "KernelMix")["q"])))
+            target.place(site, mixes["q"](projection_segments(target, site, "q", "KernelMix")["q"]))
     if "v" in mixes:
         keys = {(s.stack, s.layer): s for s in target.sites("attn.k", selection)}
         for site in target.sites("attn.v", selection):
@@ -431,19 +410,13 @@ def _place_separate(target, selection, mixes):
             key_segment = projection_segments(target, key_site, "k", "KernelMix")["k"]
             check(key_segment == segment, f"KernelMix: keys at {key_site.path} and values at {site.path} "
                                           "have different head shapes")
-            part = ValuePart(mixes["v"](segment))
+            part = mixes["v"](segment)
             target.place(key_site, KeyStash(part))
             target.place(site, part)
 
 
-def _kernel_example(arch, tmp_dir):
-    return KernelAdapter(per_head=True, query_bias=arch in ("gpt2", "t5"))
-
-
-def _mix_example(arch, tmp_dir):
-    return KernelMix(r_q=2, r_v=2, r_o=2, shared_r_q=2, shared_r_v=1, shared_r_o=1, alpha=4.0)
-
-
 register_method("kernel_adapter", KernelAdapter, build_kernel_adapter, aliases=("kernel", "kernel-adapter"),
-                example=_kernel_example)
-register_method("kernel_mix", KernelMix, build_kernel_mix, aliases=("kernel-mix",), example=_mix_example)
+                example=lambda arch, tmp: KernelAdapter(per_head=True, query_bias=arch in ("gpt2", "t5")))
+register_method("kernel_mix", KernelMix, build_kernel_mix, aliases=("kernel-mix",),
+                example=lambda arch, tmp: KernelMix(r_q=2, r_v=2, r_o=2, shared_r_q=2, shared_r_v=1, shared_r_o=1,
+                                                    alpha=4.0))
