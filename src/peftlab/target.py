@@ -85,7 +85,7 @@ class AttachTarget:
             self.journal.record(lambda: len(holder) == 0 and self.model._modules.pop(HOME, None))
         if self.name not in holder:
             holder[self.name] = nn.Module()
-            self.journal.record(lambda: holder.pop(self.name, None))
+            self.journal.record(lambda: holder.pop(self.name) if self.name in holder else None)
         return holder[self.name]
 
     def claim(self, names: Iterable[str], train: bool = True) -> None:
