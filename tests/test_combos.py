@@ -7,7 +7,8 @@ import torch
 import peftlab as pl
 from peftlab.io import adapter_state
 from peftlab.methods.combos import Gate, MAM, UniPELT
-from test_kernel import assert_generate_matches_forward, batch_for, perturb
+from test_kernel import Layer, assert_changed, assert_generate_matches_forward, batch_for, lively_model, perturb, \
+    reference_attention
 from tiny import ARCHS, tiny_model
 
 PREFIX = pl.PrefixTuning(prefix_length=3, mlp_hidden=8)
@@ -174,3 +175,30 @@ def test_config_round_trip():
     for config in (MAM(), UniPELT(), _unipelt(gates=False)):
         again = pl.config_from_dict(config.to_dict())
         assert again == config and type(again) is type(config)
+
+
+@pytest.mark.parametrize("arch,stack", [("gpt2", "decoder"), ("llama", "decoder"), ("bert", "encoder"),
+                                        ("bart", "encoder"), ("bart", "decoder")])
+def test_unipelt_prefix_gate_matches_explicit_softmax_with_log_gate_on_prefix_columns(arch, stack):
+    model = lively_model(arch)
+    pl.attach(model, UniPELT(lora=LORA, prefix=pl.PrefixTuning(prefix_length=3, flat=True),
+                             adapter=pl.Pfeiffer(bottleneck_size=4)), name="u")
+    layer, batch = Layer(model, stack), batch_for(arch)
+    gated = model.peftlab_adapters["u"].attention[layer.attn.replace(".", "-")]
+    params = model.peftlab_adapters["u"].prefix
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():   # LoRA keeps its zero B (no change inside attention); prefix and its gate move
+        params.embedding.copy_(torch.randn(params.embedding.shape, generator=g))
+        gated.gate.linear.weight.copy_(torch.randn(gated.gate.linear.weight.shape, generator=g))
+        gated.gate.linear.bias.fill_(0.3)
+    seen = layer.run(batch)
+
+    def prefix(x):
+        keys, values = params.layer_kv(gated.inner.layer)
+        gate = torch.sigmoid(x @ gated.gate.linear.weight.T + gated.gate.linear.bias)     # (b, n, 1)
+        return keys, values, torch.log(gate).unsqueeze(1)
+
+    expected = reference_attention(layer, seen, batch, prefix=prefix)
+    torch.testing.assert_close(seen["out"], expected, rtol=0, atol=1e-5)
+    ungated = reference_attention(layer, seen, batch, prefix=lambda x: (*prefix(x)[:2], 0.0))
+    assert_changed(expected, ungated)

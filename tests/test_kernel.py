@@ -94,12 +94,13 @@ def rotate(x, cos, sin):
 
 
 def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_edit=None, o_edit=None,
-                        inducer=None) -> torch.Tensor:
+                        inducer=None, prefix=None) -> torch.Tensor:
     """The output projection's output, recomputed explicitly from the captured attention input.
 
     q_edit(q, k, x) -> (q, k) and v_edit(v, k, x) -> v act per head on (b, n, heads, d_h) before rotary
     embeddings; o_edit(merged) -> delta added to W_o's output; inducer(q, scores, scaling, probs) ->
-    (probs applied to the values, w (b, h, n), head_term (b, h, n, d) or None, out_term (b, n, d) or None)."""
+    (probs applied to the values, w (b, h, n), head_term (b, h, n, d) or None, out_term (b, n, d) or None);
+    prefix(x) -> (keys, values (1, kv_heads, m, d), bias (b, 1, n, 1) on the prefix columns of the scores)."""
     model, x, kwargs = layer.model, seen["x"], seen["kwargs"]
     heads, kv_heads = heads_of(model)
     with torch.no_grad():
@@ -117,14 +118,22 @@ def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_ed
         if "position_embeddings" in kwargs:
             cos, sin = kwargs["position_embeddings"]
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        allowed = key_mask(model, layer.stack, batch, n)
+        if prefix is not None:   # prefix keys/values (1, kv_heads, m, d) and a bias on their columns
+            pk, pv, column_bias = prefix(x)
+            k, v = torch.cat([pk.expand(b, -1, -1, -1), k], 2), torch.cat([pv.expand(b, -1, -1, -1), v], 2)
+            allowed = torch.cat([torch.ones(b, 1, n, pk.shape[2], dtype=torch.bool), allowed], dim=-1)
         k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
         scaling = 1.0 if model.config.model_type == "t5" else q.shape[-1] ** -0.5
         scores = q @ k.transpose(-1, -2) * scaling
+        if prefix is not None:
+            m = pk.shape[2]
+            scores = torch.cat([scores[..., :m] + column_bias, scores[..., m:]], dim=-1)
         if model.config.model_type == "t5":
             module = layer.base(layer.attn)
             bias = kwargs.get("position_bias")
             scores = scores + (module.compute_bias(n, n) if bias is None else bias)
-        scores = scores.masked_fill(~key_mask(model, layer.stack, batch, n), float("-inf"))
+        scores = scores.masked_fill(~allowed, float("-inf"))
         probs, w, head_term, out_term = torch.softmax(scores, dim=-1), None, None, None
         if inducer is not None:
             probs, w, head_term, out_term = inducer(q, scores, scaling, probs)
