@@ -130,8 +130,10 @@ class IntrinsicProjector(nn.Module):
             lam = self._lambdas(group.members)
             rows = fastfood_rows(self.z, getattr(self, f"ff{g}_signs"), getattr(self, f"ff{g}_index"),
                                  getattr(self, f"ff{g}_gauss"), scale if lam is None else scale * lam)
-            for row, i in enumerate(group.members):
-                out[i] = rows[row, :self.sizes[i]]
+            # unbind, not rows[r]: indexing row by row would make backward build a full (k, L) zero
+            # tensor per row, i.e. k² L work for a group of k tensors
+            for row, i in zip(rows.unbind(0), group.members):
+                out[i] = row if row.shape[0] == self.sizes[i] else row[:self.sizes[i]]
         return out
 
 

@@ -58,11 +58,14 @@ def fastfood_rows(z: torch.Tensor, signs: torch.Tensor, index: torch.Tensor, gau
                   row_scale: torch.Tensor) -> torch.Tensor:
     """(k, L) rows H G Π H B z · row_scale for k targets sharing L (slice each row to its own D).
 
-    signs (k, Lz), index (k, L) int64, gauss (k, L), row_scale (k,) — may carry gradient (SAID's λ)."""
+    signs (k, Lz), index (k, L) int64, gauss (k, L), row_scale (k,) — may carry gradient (SAID's λ).
+    The map is linear, so the row scale is applied to the short input (k x Lz) rather than the long
+    output (k x L): the same numbers up to rounding, one fewer pass over k x L in forward and backward."""
     short = signs.shape[-1]
-    u = fwht(signs * fit_length(z, short))             # (k, Lz): H B z, one period of it
+    scaled = signs * (fit_length(z, short)[None, :] * row_scale[:, None])
+    u = fwht(scaled)                                   # (k, Lz): H B z, one period of it
     v = torch.gather(u, 1, index)                      # (k, L): Π H B z
-    return fwht(v * gauss) * row_scale[:, None]
+    return fwht(v * gauss)
 
 
 def fastfood(z: torch.Tensor, size: int, pieces: FastfoodPieces) -> torch.Tensor:
