@@ -126,9 +126,11 @@ def test_inducer_rejects_non_positive_ranks(kwargs, field):
         InducerLoRA(lora=LoRA(r=0))
 
 
-def test_inducer_rejects_a_serial_adapter_as_its_parallel_adapter():
+def test_inducer_rejects_a_serial_adapter_and_nested_switches():
     with pytest.raises(pl.PeftlabError, match="parallel_adapter must have parallel=True"):
         Inducer(parallel_adapter=Parallel(parallel=False))
+    with pytest.raises(pl.PeftlabError, match="InducerLoRA.lora.unfreeze_lm_head: set unfreeze_lm_head on InducerLoRA"):
+        InducerLoRA(lora=LoRA(unfreeze_lm_head=True))
 
 
 @pytest.mark.parametrize("implementation", ["flash_attention_2", "flex_attention"])

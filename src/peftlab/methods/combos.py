@@ -30,22 +30,11 @@ from ..registry import register_method
 from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import BottleneckNet, Parallel, Pfeiffer, build_bottleneck
-from .inducer import build_side_lora
+from .inducer import build_side_lora, check_nested_switches
 from .kernel import attention_sites as projection_sites
 from .lora import LoRA
 from .prefix import PrefixExtension, PrefixParameters, PrefixTuning, _position_shift, _relative_bias_source, \
     build_prefix
-
-_SWITCHES = ("unfreeze_layer_norms", "unfreeze_lm_head")
-
-
-def _check_nested(owner: MethodConfig, *names: str) -> None:
-    """The generic switches belong on the combination itself, where `attach` applies them."""
-    for name in names:
-        for switch in _SWITCHES:
-            check(not getattr(getattr(owner, name), switch),
-                  f"{type(owner).__name__}.{name}.{switch}: set {switch} on {type(owner).__name__} itself")
-
 
 @dataclass
 class MAM(MethodConfig):
@@ -54,7 +43,7 @@ class MAM(MethodConfig):
 
     def validate(self):
         check(self.adapter.parallel, "MAM.adapter must be a parallel adapter (parallel=True)")
-        _check_nested(self, "prefix", "adapter")
+        check_nested_switches(self, "prefix", "adapter")
 
 
 def build_mam(target, *, prefix, adapter):
@@ -73,7 +62,7 @@ class UniPELT(MethodConfig):
         check(not self.adapter.parallel, "UniPELT.adapter must be sequential (parallel=False)")
         check(not (self.adapter.drop_max_layers or self.adapter.drop_inference_layers),
               "UniPELT.adapter: AdapterDrop is not supported inside UniPELT")
-        _check_nested(self, "lora", "prefix", "adapter")
+        check_nested_switches(self, "lora", "prefix", "adapter")
 
 
 class Gate(nn.Module):

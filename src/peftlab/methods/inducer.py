@@ -52,6 +52,17 @@ class Inducer(LayeredConfig):
         check(self.rank_v > 0, f"{type(self).__name__}.rank_v must be positive, got {self.rank_v}")
         check(self.parallel_adapter is None or self.parallel_adapter.parallel,
               f"{type(self).__name__}.parallel_adapter must have parallel=True")
+        check_nested_switches(self, "lora", "parallel_adapter")
+
+
+def check_nested_switches(owner, *fields: str) -> None:
+    """A nested config's generic switches would be ignored: they belong on the owner, where `attach`
+    applies them."""
+    for name in fields:
+        nested = getattr(owner, name)
+        for switch in ("unfreeze_layer_norms", "unfreeze_lm_head"):
+            check(nested is None or not getattr(nested, switch),
+                  f"{type(owner).__name__}.{name}.{switch}: set {switch} on {type(owner).__name__} itself")
 
 
 def _paper_lora(r: int) -> LoRA:
