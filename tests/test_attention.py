@@ -126,3 +126,23 @@ def test_unwrappable_attention_implementation_is_refused_and_model_unchanged():
         pl.attach(model, _Probe(train_head=False), "a")
     assert model.config._attn_implementation == "flash_attention_2"
     assert not hasattr(model, "_peftlab")
+
+
+@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+def test_two_adapters_on_one_attention_detach_in_any_order(arch):
+    """The first adapter leaving must not take the second one's hook or config switch with it."""
+    model, batch = tiny_model(arch), tiny_batch(arch)
+    before = _logits(model, batch)
+    only_b = tiny_model(arch)
+    pl.attach(only_b, pl.PrefixTuning(prefix_length=2, flat=True, train_head=False), "b")
+    pl.attach(model, _Probe(kind="key", train_head=False), "a")
+    pl.attach(model, pl.PrefixTuning(prefix_length=2, flat=True, train_head=False), "b")
+    with torch.no_grad():
+        model.peftlab_adapters["b"].prefix.embedding.copy_(only_b.peftlab_adapters["b"].prefix.embedding)
+    pl.detach(model, "a")
+    assert model.config._attn_implementation == "peftlab_sdpa"
+    torch.testing.assert_close(_logits(model, batch), _logits(only_b, batch), rtol=0, atol=0)
+    pl.detach(model, "b")
+    assert model.config._attn_implementation == "sdpa"
+    assert all("_peftlab_attention" not in m.__dict__ for m in model.modules())
+    torch.testing.assert_close(_logits(model, batch), before, rtol=0, atol=0)

@@ -30,7 +30,6 @@ from torch import nn
 
 from .errors import PeftlabError
 from .state import HOME
-from .surgery import set_attr
 from .targeting import LayerSelection, Site
 
 PREFIX = "peftlab_"
@@ -168,15 +167,30 @@ def _register(implementation: str) -> str:
     return name
 
 
+# id(config) -> [config, its original implementation, extensions relying on the switch]. Several adapters
+# may share one config: it goes back to the original only when the last of them is detached.
+_SWITCHED: dict[int, list] = {}
+
+
 def _switch_config(config, journal) -> None:
-    """Point one config at the wrapper (journaled); a config already switched is left alone."""
-    current = config._attn_implementation or "sdpa"
-    if current.startswith(PREFIX):
-        return
-    if current not in _WRAPPABLE:
-        raise PeftlabError(f"attention implementation '{current}' cannot take prefixes or score changes; "
-                           f"load the model with attn_implementation='sdpa' or 'eager'")
-    set_attr(config, "_attn_implementation_internal", _register(current), journal)
+    """Point one config at the wrapper; journal a release that restores it once nobody relies on it."""
+    entry = _SWITCHED.get(id(config))
+    if entry is None or entry[0] is not config:
+        current = config._attn_implementation or "sdpa"
+        if current not in _WRAPPABLE:
+            raise PeftlabError(f"attention implementation '{current}' cannot take prefixes or score changes; "
+                               f"load the model with attn_implementation='sdpa' or 'eager'")
+        entry = _SWITCHED[id(config)] = [config, config.__dict__.get("_attn_implementation_internal"), 0]
+        config.__dict__["_attn_implementation_internal"] = _register(current)
+    entry[2] += 1
+
+    def release():
+        entry[2] -= 1
+        if entry[2] == 0:
+            config.__dict__["_attn_implementation_internal"] = entry[1]
+            _SWITCHED.pop(id(config), None)
+
+    journal.record(release)
 
 
 def _configs_to_switch(target, module: nn.Module) -> list:
@@ -195,8 +209,13 @@ def install(target, site: Site, extension: AttentionExtension) -> AttentionExten
         _switch_config(config, target.journal)
     hooks = module.__dict__.get(_HOOKS_ATTR)
     if hooks is None:
-        hooks = _Hooks(target.controller)
-        set_attr(module, _HOOKS_ATTR, hooks, target.journal)
+        hooks = module.__dict__[_HOOKS_ATTR] = _Hooks(target.controller)
+
+    def remove_if_unused():   # whichever adapter leaves last takes the hooks away
+        if not hooks.extensions and module.__dict__.get(_HOOKS_ATTR) is hooks:
+            del module.__dict__[_HOOKS_ATTR]
+
+    target.journal.record(remove_if_unused)
     if target.name in hooks.extensions:
         raise PeftlabError(f"adapter '{target.name}' already changes attention at {site.path}")
     weight = next(iter(module.parameters()), None)
