@@ -17,7 +17,7 @@ from ..errors import PeftlabError
 from . import mixers, routing
 from .average import average
 from .blocks import BASE, Average, BatchSplit, Block, Fuse, ParallelBlock, Stack, WeightedSum, _Mixing, all_names, \
-    check_nesting, member_names, normalize, walk
+    check_nesting, member_names, normalize, walk, without
 from .routing import install, route, uninstall
 
 __all__ = ["Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "BASE", "route", "average",
@@ -74,19 +74,12 @@ def _ensure_mixer(model, controller, block, attach, created) -> None:
         attach(model, config, block.name, activate=False)
         created.append(block.name)
         return
-    if existing.config.to_dict() != config.to_dict():
+    ignored = ("sources",)   # where members were loaded from does not change the mixing
+    if {k: v for k, v in existing.config.to_dict().items() if k not in ignored} != \
+            {k: v for k, v in config.to_dict().items() if k not in ignored}:
         raise PeftlabError(f"an adapter named '{block.name}' exists with other settings "
                            f"({existing.config.method} over {list(getattr(existing.config, 'adapters', []))}); "
                            f"detach it or give the block another name=")
-
-
-def without(block, name: str):
-    """The active setup after detaching `name`: a block that used it is switched off entirely."""
-    if isinstance(block, tuple):
-        return tuple(n for n in block if n != name)
-    if isinstance(block, str):
-        return () if block == name else block
-    return () if name in all_names(block) else block
 
 
 def row_mask(model, name: str, n_rows: int):

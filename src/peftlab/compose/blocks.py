@@ -233,3 +233,12 @@ def all_names(block) -> tuple[str, ...]:
     if isinstance(block, tuple):
         return tuple(n for item in block for n in all_names(item))
     return tuple(block.adapter_names())
+
+
+def without(block, name: str):
+    """The active setup after detaching `name`: a block that used it is switched off entirely."""
+    if isinstance(block, tuple):
+        return tuple(n for n in block if n != name)
+    if isinstance(block, str):
+        return () if block == name else block
+    return () if name in all_names(block) else block

@@ -8,7 +8,7 @@ that part the module's output h and the members' outputs (see evaluate.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -43,12 +43,15 @@ class WeightedSumConfig(MethodConfig):
     flex: bool = False                         # a bottleneck adapter after the mix (zero-initialized)
     flex_reduction_factor: float = 16.0
     train_mode: Literal["base", "flex", "base_ft", "full_ft"] = "base"
+    sources: dict[str, str] = field(default_factory=dict)   # member -> saved adapter dir, loaded if absent
 
     def validate(self):
         check(len(self.adapters) >= 1, "WeightedSum needs at least one adapter")
         check(self.num_weight_sets == -1 or self.num_weight_sets >= 1,
               f"WeightedSum num_weight_sets must be -1 or >= 1, got {self.num_weight_sets}")
         check(self.train_mode != "flex" or self.flex, "WeightedSum train_mode 'flex' needs flex=True")
+        unknown = [k for k in self.sources if k not in self.adapters]
+        check(not unknown, f"WeightedSum sources: '{unknown[0] if unknown else ''}' is not one of the adapters")
         check(self.flex_reduction_factor > 0,
               f"WeightedSum flex_reduction_factor must be positive, got {self.flex_reduction_factor}")
 
@@ -183,9 +186,31 @@ def _initial_weights(mode: str, n_sets: int, n_branches: int) -> torch.Tensor:
     return torch.full((n_sets, n_branches), math.log(share / (1 - share)))
 
 
+def load_sources(target, sources: dict) -> None:
+    """Load saved members that are not attached yet (frozen). They stay ordinary adapters; if this
+    attach fails they are removed again, and detaching the mixer removes them too."""
+    from ..io import load
+    from .blocks import without
+    controller = target.controller
+    for name, directory in sources.items():
+        if name in controller.adapters:
+            continue
+        load(target.model, directory, name, trainable=False, activate=False)
+        attachment = controller.adapters[name]
+
+        def remove(name=name, attachment=attachment):
+            if controller.adapters.get(name) is attachment:
+                controller.adapters.pop(name)
+                attachment.journal.rollback()
+                controller.active = without(controller.active, name)
+
+        target.journal.record(remove)
+
+
 def build_weighted_sum(target, *, adapters, mode, num_weight_sets, include_base, flex, flex_reduction_factor,
-                       train_mode):
+                       train_mode, sources):
     from ..methods.bottleneck import BottleneckNet
+    load_sources(target, sources)
     sites = member_sites(target, adapters)
     ordinals, total = _ordinals(target)
     n_sets = total if num_weight_sets == -1 else num_weight_sets
