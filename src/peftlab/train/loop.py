@@ -38,7 +38,10 @@ class Trainer:
         self.config, self.resume = config, resume
         precision = "bf16" if config.train.precision == "bf16" else "no"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=config.adapters == "per_task")]
-        self.accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers)
+        # cpu=True where there is no GPU: it is what makes `accelerate launch --multi_gpu` on a CPU
+        # machine start gloo (MULTI_CPU) instead of N unrelated single processes.
+        self.accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers,
+                                       cpu=not torch.cuda.is_available())
         self.main = self.accelerator.is_main_process
         self.run_dir = Path(config.output_dir)
         self.tasks = [get_task(t) for t in config.tasks]
@@ -123,6 +126,7 @@ class Trainer:
             self._log_train(window, rate)
         wall = time.perf_counter() - started
         self._save(best=False)
+        self.accelerator.wait_for_everyone()
         return {"steps": state["step"], "epochs": state["step"] / max(batches_per_epoch(sizes, cfg.batch_size), 1),
                 "final_loss": state["last_loss"], "wall_s": wall,
                 "examples_per_s": (state["examples"] - seen_at_start) / max(wall, 1e-9)}
@@ -253,15 +257,17 @@ class Trainer:
         return improved
 
     def _save(self, best: bool) -> None:
-        if self.main:
-            weights = trainable_state(self.model)
-            root = self.run_dir / "checkpoints"
-            ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler)
-            if best:
-                ckpt.save_checkpoint(root / "best", weights, self.state)
-                for name in self.adapter_names:
-                    pl.save(self.model, self.run_dir / "adapter" / name, name=name)
-        self.accelerator.wait_for_everyone()
+        """Write `last` (and `best`): the main process only, with no barrier, since callers differ
+        in what the other processes do meanwhile."""
+        if not self.main:
+            return
+        weights = trainable_state(self.model)
+        root = self.run_dir / "checkpoints"
+        ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler)
+        if best:
+            ckpt.save_checkpoint(root / "best", weights, self.state)
+            for name in self.adapter_names:
+                pl.save(self.model, self.run_dir / "adapter" / name, name=name)
 
     def run(self) -> dict | None:
         """Train, then evaluate the best checkpoint on validation and test; write results and report."""

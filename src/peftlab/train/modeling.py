@@ -2,7 +2,6 @@
 per task). Used by `train`, `eval` and `predict` alike so that all three rebuild the same model."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -89,11 +88,7 @@ def _adapter_name(task_name: str) -> str:
 
 def uses_task_ids(model) -> bool:
     """Whether the attached method routes by task id (ATTEMPT's multi-task prompts)."""
-    for config in pl.adapters(model).values():
-        names = {f.name for f in dataclasses.fields(config)}
-        if names & set(TASK_ID_FIELDS):
-            return True
-    return False
+    return any(getattr(config, name, None) for config in pl.adapters(model).values() for name in TASK_ID_FIELDS)
 
 
 def _fix_special_tokens(model, tokenizer, kind: str) -> None:

@@ -175,7 +175,12 @@ class RunConfig(Section):
         require(len(self.tasks) > 0, "tasks: name at least one task, e.g. tasks: [sst2]")
         self.tasks = tuple(get_task(t).name for t in self.tasks)
         require(len(set(self.tasks)) == len(self.tasks), f"tasks: {list(self.tasks)} names a task twice")
-        config_from_dict(self.method)     # validates the method config now, before any model loads
+        method = config_from_dict(self.method)   # validates the method config now, before any model loads
+        routed = getattr(method, "tasks", None)
+        if routed:       # a method routing by task id (ATTEMPT): its task order must be the run's
+            names = tuple(get_task(t).name for t in routed)
+            require(names == self.tasks, f"method.tasks {list(routed)} must list the run's tasks in order: "
+                                         f"{list(self.tasks)}")
         if self.adapters == "per_task":
             require(self.data.mixing == "per_task", "adapters: per_task needs data.mixing: per_task "
                                                     "(each batch must come from one task)")

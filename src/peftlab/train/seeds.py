@@ -21,7 +21,7 @@ DIRECT = {
     "early_stopping_patience": "train.early_stopping_patience",
     "output_dir": "output_dir", "overwrite_output_dir": "overwrite",
     "max_train_samples": "data.max_train_samples", "max_val_samples": "data.max_eval_samples",
-    "max_eval_samples": "data.max_eval_samples", "data_dir": "data.dir",
+    "max_eval_samples": "data.max_eval_samples", "data_dir": "data.dir", "description": "description",
 }
 # keys that configure the method; read by `_method`
 METHOD_KEYS = {
@@ -96,15 +96,19 @@ def _method(seed: dict) -> tuple[dict, dict]:
         sources = seed.get("prompt_embedding_path")
         if sources:
             method["sources"] = [sources] if isinstance(sources, str) else list(sources)
+        tasks = seed.get("task_name", [])
+        if isinstance(tasks, list) and len(tasks) > 1:     # multi-task ATTEMPT: one target per task
+            method["tasks"] = list(tasks)
         if seed.get("attn_learning_rate") is not None:
-            extra["train.param_groups"] = [{"pattern": "attn|attention|router",
+            # ATTEMPT's attention module (W_down, W_up, its LayerNorm) learns at its own rate
+            extra["train.param_groups"] = [{"pattern": r"prompt\.(down|up|norm)\.",
                                             "learning_rate": seed["attn_learning_rate"]}]
     elif seed.get("prefix_tuning"):
         method = {"method": "prompt_tuning", **_copy(seed, {"prefix_dim": "length"}),
                   "init": "vocab" if seed.get("init_prefix_from_vocab") else "random"}
         path = seed.get("prompt_embedding_path")
-        if seed.get("load_prefix_embeddings") and path:
-            extra["init_from"] = path[0] if isinstance(path, list) else path
+        if seed.get("load_prefix_embeddings") and path:   # start from saved prompt(s): SPoT
+            method = {"method": "spot", "sources": [path] if isinstance(path, str) else list(path)}
     elif seed.get("intrinsic_model"):
         method = {"method": "intrinsic_said" if seed.get("intrinsic_said", True) else "intrinsic_did",
                   **_copy(seed, {"intrinsic_dim": "intrinsic_dim", "intrinsic_projection": "projection"})}
@@ -139,7 +143,7 @@ def _adapter(seed: dict) -> dict:
             name = "phm_adapter"
         return {"method": name, **common, **phm}
     if seed.get("low_rank_adapters"):
-        return {"method": "low_rank", **common, **_copy(seed, {"low_rank_rank": "rank"})}
+        return {"method": "low_rank_adapter", **common, **_copy(seed, {"low_rank_rank": "low_rank_rank"})}
     if seed.get("adapter_config_name") == "pfeiffer":
         # Compacter's "pfeiffer": after self-attention only (DESIGN §3)
         return {"method": "bottleneck", "mh_adapter": True, "output_adapter": False, **common}
