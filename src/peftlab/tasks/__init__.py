@@ -35,7 +35,8 @@ def task_names() -> list[str]:
 def get_task(name: str) -> Task:
     key = str(name).strip().lower()
     if key not in _ALIASES:
-        raise PeftlabError(f"unknown task '{name}'{closest(key, _ALIASES)}; known: {', '.join(task_names())}")
+        hint = closest(key, TASKS) or closest(key, _ALIASES)
+        raise PeftlabError(f"unknown task '{name}'{hint}; known: {', '.join(task_names())}")
     return TASKS[_ALIASES[key]]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,13 +191,28 @@ class RunConfig(Section):
         return config_from_dict(self.method)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; a config means the number (as YAML 1.2 and JSON do)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_config_file(path) -> dict:
     """A JSON or YAML mapping from `path`; a bad file raises one line naming it."""
     from ..tasks.readers import read_text
     path = Path(path)
     text = read_text(path)
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else yaml_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         line = getattr(err, "lineno", None) or getattr(getattr(err, "problem_mark", None), "line", -1) + 1
         raise PeftlabError(f"{path}:{line}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}") from None
@@ -212,7 +228,7 @@ def apply_overrides(data: dict, overrides) -> dict:
         if "=" not in item:
             raise PeftlabError(f"override {item!r} is not key=value (e.g. train.learning_rate=1e-3)")
         key, raw = item.split("=", 1)
-        value: Any = yaml.safe_load(raw) if raw.strip() else None
+        value: Any = yaml_load(raw) if raw.strip() else None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
