@@ -93,6 +93,12 @@ def rotate(x, cos, sin):
     return x * cos[:, None] + rotated * sin[:, None]
 
 
+def t5_position_bias(layer: Layer, kwargs: dict, n: int) -> torch.Tensor:
+    """The relative-position bias T5 adds to the scores: computed by layer 0, handed to the others."""
+    bias = kwargs.get("position_bias")
+    return layer.base(layer.attn).compute_bias(n, n) if bias is None else bias
+
+
 def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_edit=None, o_edit=None,
                         inducer=None, prefix=None) -> torch.Tensor:
     """The output projection's output, recomputed explicitly from the captured attention input.
@@ -130,9 +136,7 @@ def reference_attention(layer: Layer, seen: dict, batch: dict, q_edit=None, v_ed
             m = pk.shape[2]
             scores = torch.cat([scores[..., :m] + column_bias, scores[..., m:]], dim=-1)
         if model.config.model_type == "t5":
-            module = layer.base(layer.attn)
-            bias = kwargs.get("position_bias")
-            scores = scores + (module.compute_bias(n, n) if bias is None else bias)
+            scores = scores + t5_position_bias(layer, kwargs, n)
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs, w, head_term, out_term = torch.softmax(scores, dim=-1), None, None, None
         if inducer is not None:
