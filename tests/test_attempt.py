@@ -159,3 +159,30 @@ def test_single_task_attempt_generates_as_a_manual_loop_does(arch, tmp_path):
     generated, manual, gen_logits, manual_logits = generate_vs_manual(model, arch)
     assert torch.equal(generated, manual)
     torch.testing.assert_close(gen_logits, manual_logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+def test_multi_task_generate_takes_task_ids_and_matches_the_manual_loop(arch, tmp_path):
+    paths = [_saved_prompt(tmp_path, arch, s)[0] for s in range(2)]
+    model = tiny_model(arch)
+    pl.attach(model, pl.Attempt(sources=paths, tasks=("x", "y"), attn_hidden=8), "a")
+    with torch.no_grad():
+        _provider(model).targets[1].mul_(6.0)
+    ids = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(2))
+    task_ids = torch.tensor([1, 0])
+    model.generation_config.eos_token_id = None
+    out = model.generate(input_ids=ids, task_ids=task_ids, max_new_tokens=3, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        if arch == "t5":
+            start = torch.zeros(2, 1, dtype=torch.long)
+            first = model(input_ids=ids, decoder_input_ids=start, task_ids=task_ids).logits[:, -1]
+        else:
+            first = model(input_ids=ids, task_ids=task_ids).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], first, rtol=0, atol=1e-5)
+    beams = model.generate(input_ids=ids, task_ids=task_ids, max_new_tokens=2, num_beams=2, do_sample=False)
+    assert beams.shape[0] == 2
+    with pytest.raises(pl.PeftlabError, match="needs task_ids"):
+        model.generate(input_ids=ids, max_new_tokens=1)
+    pl.detach(model)
+    assert "generate" not in model.__dict__

@@ -13,8 +13,8 @@ embeddings and every mask, position and label tensor stays aligned:
   `generate()` makes on its own is prompted too) and a pre-hook on the decoder extends the cross-attention
   mask whenever it is shorter than the encoder's output. The decoder input is left alone.
 
-Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs so the base
-model never sees them; the provider receives them.
+Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs (and from
+`generate()`'s) so the base model never sees them; the provider receives them.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from torch import nn
 from .errors import PeftlabError
 
 _TASK_IDS: contextvars.ContextVar = contextvars.ContextVar("peftlab_task_ids", default=None)
+_GENERATING: contextvars.ContextVar = contextvars.ContextVar("peftlab_generating", default=False)
+_GENERATE_WRAPPERS: dict[int, list] = {}   # id(model) -> [our generate, what was there before, users]
 
 
 class PromptProvider(nn.Module):
@@ -68,6 +70,7 @@ def install_prompt(target, provider: PromptProvider) -> None:
     check_length(target, provider.length)
     model, stacks = target.model, target.stacks()
     _install_task_ids(target)
+    _install_generate_task_ids(target)
     if "encoder" in stacks and "decoder" in stacks:
         encoder, decoder = model.get_encoder(), _decoder_of(model)
         embed = encoder.embed_tokens
@@ -106,6 +109,58 @@ def _install_task_ids(target) -> None:
 
 def current_task_ids():
     return _TASK_IDS.get()
+
+
+def generating() -> bool:
+    """True inside `generate()`, where the batch may be the task ids' rows repeated (beams, samples)."""
+    return _GENERATING.get()
+
+
+def _install_generate_task_ids(target) -> None:
+    """Let `model.generate(..., task_ids=ids)` work: transformers rejects kwargs its forward does not
+    name, so an instance-level `generate` takes the ids out and holds them for the whole generation
+    (the encoder call and every step). It is shared by the model's prompt adapters and sits on top of
+    the composition router's `generate` (installed first here), so the last adapter removes it cleanly."""
+    model = target.model
+    if not callable(getattr(model, "generate", None)):
+        return
+    from . import compose
+    compose.install(model)
+    controller = target.controller
+    target.journal.record(lambda: None if controller.adapters else compose.uninstall(model))
+    entry = _GENERATE_WRAPPERS.get(id(model))
+    if entry is None:
+        wrapper = _generate_with_task_ids(model.generate)
+        entry = _GENERATE_WRAPPERS[id(model)] = [wrapper, model.__dict__.get("generate"), 0]
+        model.__dict__["generate"] = wrapper
+    entry[2] += 1
+
+    def release():
+        entry[2] -= 1
+        if entry[2] == 0:
+            _GENERATE_WRAPPERS.pop(id(model), None)
+            if model.__dict__.get("generate") is entry[0]:
+                if entry[1] is None:
+                    del model.__dict__["generate"]
+                else:
+                    model.__dict__["generate"] = entry[1]
+
+    target.journal.record(release)
+
+
+def _generate_with_task_ids(original):
+    def generate(*args, **kwargs):
+        ids = kwargs.pop("task_ids", None)
+        token = _TASK_IDS.set(ids) if ids is not None else None
+        flag = _GENERATING.set(True)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _GENERATING.reset(flag)
+            if token is not None:
+                _TASK_IDS.reset(token)
+
+    return generate
 
 
 def _first_input(args, kwargs, key="input_ids"):

@@ -12,6 +12,7 @@ vocabulary (seeded), which is enough for counting parameters. Multi-task (`tasks
 per task, G shared; each batch carries `task_ids` (LongTensor, one per row) and every row uses its own
 task's target. The mixing weights of every forward are recorded with `peftlab.observe` (series
 "attempt/<adapter>/<task>"); `mixing_weights` computes them for a batch without running the model.
+`model.generate(..., task_ids=ids)` works too (ids of the un-repeated rows; beams are handled).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 from .. import observe
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
-from ..prompting import PromptProvider
+from ..prompting import PromptProvider, generating
 from ..registry import register_method
 from .prompt import attach_prompt, vocab_init
 from .spot import load_sources, save_example_prompts
@@ -87,6 +88,8 @@ class AttemptPrompt(PromptProvider):
             raise PeftlabError(f"Attempt in multi-task mode ({len(self.task_names)} tasks) needs task_ids "
                                "in the batch (a LongTensor with one task index per row)")
         ids = torch.as_tensor(task_ids, device=self.targets.device).long().reshape(-1)
+        if generating() and ids.numel() and batch != ids.numel() and batch % ids.numel() == 0:
+            ids = ids.repeat_interleave(batch // ids.numel())   # generate() repeats rows for beams/samples
         if ids.numel() != batch or ids.min() < 0 or ids.max() >= len(self.task_names):
             raise PeftlabError(f"Attempt task_ids {ids.tolist()} must give one index in 0..{len(self.task_names) - 1} "
                                f"per row of a batch of {batch}")
