@@ -32,12 +32,15 @@ def _coerce(value: Any, tp, where: str):
             return value
         raise PeftlabError(f"{where}: {value!r} is not one of {list(args)}{closest(str(value), map(str, args))}")
     if origin in (Union, types.UnionType):
-        errors = []
+        nested = None
         for option in args:
             try:
                 return _coerce(value, option, where)
             except PeftlabError as err:
-                errors.append(str(err))
+                if isinstance(value, dict) and isinstance(option, type) and issubclass(option, MethodConfig):
+                    nested = err   # the nested config's own message says more than "does not fit"
+        if nested is not None:
+            raise nested
         raise PeftlabError(f"{where}: {value!r} does not fit {_type_name(tp)}")
     if tp is type(None):
         if value is None:
@@ -56,7 +59,14 @@ def _coerce(value: Any, tp, where: str):
         if isinstance(value, tp):
             return value
         if isinstance(value, dict):
-            return tp.from_dict(value)
+            from .registry import get_method   # late: the registry imports this module
+            named = value.get("method", tp.method)
+            if tp.method and named != tp.method and get_method(str(named)).name != tp.method:
+                raise PeftlabError(f"{where}: expects a '{tp.method}' config, got method '{named}'")
+            try:
+                return tp.from_dict(value)
+            except PeftlabError as err:
+                raise PeftlabError(f"{where}: {err}") from None
         raise PeftlabError(f"{where}: expected a {tp.__name__} config, got {value!r}")
     return _coerce_scalar(value, tp, where)
 
