@@ -120,7 +120,7 @@ def test_generate_equals_stepwise_forward_without_cache(arch, config):
 def test_inducer_rejects_non_positive_ranks(kwargs, field):
     with pytest.raises(pl.PeftlabError, match=f"Inducer.{field} must be positive"):
         Inducer(**kwargs)
-    with pytest.raises(pl.PeftlabError, match=r"InducerLoRA.lora: \{'r': 0\}"):
+    with pytest.raises(pl.PeftlabError, match=r"InducerLoRA.lora: LoRA.r must be positive, got 0"):
         InducerLoRA(lora={"r": 0})
     with pytest.raises(pl.PeftlabError, match="LoRA.r must be positive"):
         InducerLoRA(lora=LoRA(r=0))
