@@ -1,0 +1,166 @@
+"""Speed of the Compacter family and Intrinsic SAID, as ratios measured in one run.
+
+1. The fast Walsh–Hadamard transform of 2^24 float32 values on the CPU (goal: well under a second).
+2. Train steps (forward + backward + AdamW) of Compacter and Compacter++ against the frozen-backbone
+   floor (backbone frozen, one trainable scalar on the input embeddings so backward still runs through
+   every activation: `common.floor`), same model and batch. Goal: within 1.05x.
+3. Intrinsic SAID (d' = 20,000, Fastfood) against full fine-tuning on a T5-small-sized model. Goal: <= 2x
+   (the Compacter paper measured +242 % time for SAID).
+
+Every variant has its own copy of the same randomly initialized model, attached once; repetitions visit
+the variants in a rotating order so drift on a shared machine hits all alike; medians are reported.
+
+    .venv/bin/python benchmarks/compacter_speed.py [--preset t5-small] [--batch 8] [--seq 64] [--reps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402  (benchmarks/common.py: build, batch_for, floor, full_finetune, peftlab_method)
+
+import peftlab as pl  # noqa: E402
+from peftlab.ops.fwht import fwht_raw  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "compacter_speed.md"
+
+
+def time_fwht(bits: int = 24, repeats: int = 5) -> tuple[float, float]:
+    """(best, median) seconds of one unnormalized transform of 2^bits float32 values."""
+    x = torch.randn(1 << bits)
+    fwht_raw(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fwht_raw(x)
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def prepare(model, name: str, stack: ExitStack):
+    """A private copy of `model` set up for variant `name`."""
+    copy_ = copy.deepcopy(model)
+    if name == "floor":
+        return stack.enter_context(common.floor(copy_))
+    if name == "full":
+        return stack.enter_context(common.full_finetune(copy_))
+    configs = {
+        "compacter": pl.Compacter(reduction_factor=32, phm_dim=4, unfreeze_layer_norms=True),
+        "compacter++": pl.CompacterPlusPlus(reduction_factor=32, phm_dim=4, unfreeze_layer_norms=True),
+        "said": pl.IntrinsicSAID(intrinsic_dim=20_000),
+    }
+    return stack.enter_context(common.peftlab_method(copy_, configs[name]))
+
+
+def step_runner(model, batch):
+    """run(n) -> n (cpu seconds, wall seconds) of train steps, after one warm-up step.
+
+    CPU time of this process is the primary measure: on a box shared with other jobs, wall time
+    also counts the moments this process waits for a core, which no variant controls."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def run(n: int) -> list[tuple[float, float]]:
+        step()
+        out = []
+        for _ in range(n):
+            cpu, wall = time.process_time(), time.perf_counter()
+            step()
+            out.append((time.process_time() - cpu, time.perf_counter() - wall))
+        return out
+
+    return run
+
+
+def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple[float, float]]:
+    """Per variant: (median cpu seconds, median wall seconds) per train step."""
+    with ExitStack() as stack:
+        runners = {}
+        for name in names:
+            runners[name] = step_runner(prepare(model, name, stack), batch)
+            print(f"  prepared {name}", flush=True)
+        times = {name: [] for name in names}
+        for rep in range(reps):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                times[name] += runners[name](steps)
+            print(f"  repetition {rep + 1}/{reps}: " + ", ".join(
+                f"{n} {statistics.median(c for c, _ in t):.3f}s" for n, t in times.items()), flush=True)
+    return {name: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t))
+            for name, t in times.items()}
+
+
+def report(args, fwht_times, medians) -> str:
+    cpu = {name: c for name, (c, _) in medians.items()}
+    floor, full = cpu["floor"], cpu["full"]
+    rows = [f"| {name} | {c:.3f} | {c / floor:.3f} | {c / full:.3f} | {w:.3f} | {w / medians['floor'][1]:.3f} |"
+            for name, (c, w) in medians.items()]
+    lines = [
+        "# Compacter family and Intrinsic SAID: speed",
+        "",
+        f"Machine: {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"shared with other jobs, so only ratios taken in this one run mean anything.",
+        f"Command: `.venv/bin/python benchmarks/compacter_speed.py --preset {args.preset} --batch {args.batch} "
+        f"--seq {args.seq} --reps {args.reps} --steps {args.steps} --threads {args.threads}`",
+        "",
+        "## Fast Walsh–Hadamard transform, 2^24 float32 values (goal: well under 1 s)",
+        "",
+        f"best {fwht_times[0]:.3f} s, median {fwht_times[1]:.3f} s of 5",
+        "",
+        f"## Train step on `{args.preset}` (random weights), batch {args.batch} x {args.seq} tokens"
+        f" (+ {max(2, args.seq // 4)} target tokens)",
+        "",
+        "Median per step (forward + backward + AdamW) of this process's CPU time (primary; the machine is",
+        "shared, and CPU time leaves out waiting for a core) and of wall time. floor = frozen backbone with",
+        "one trainable scalar on the input embeddings (backward through every activation, no weight",
+        "gradients). Compacter and Compacter++ also train the layer norms, as in the paper.",
+        "",
+        "| variant | cpu s / step | x floor | x full FT | wall s / step | wall x floor |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"- Compacter / floor = {cpu['compacter'] / floor:.3f} (goal <= 1.05)",
+        f"- Compacter++ / floor = {cpu['compacter++'] / floor:.3f} (goal <= 1.05)",
+        f"- Intrinsic SAID (d' = 20,000, Fastfood) / full fine-tuning = {cpu['said'] / full:.3f} (goal <= 2;"
+        f" the Compacter paper: 3.42)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="t5-small")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and repetition")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fwht_times = time_fwht()
+    print(f"FWHT 2^24: best {fwht_times[0]:.3f}s", flush=True)
+    model = common.build(args.preset)
+    batch = common.batch_for(model, args.batch, args.seq)
+    medians = step_medians(model, batch, ["floor", "compacter", "compacter++", "full", "said"], args.reps, args.steps)
+    text = report(args, fwht_times, medians)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
