@@ -2,8 +2,10 @@
 
 `fwht` — the unnormalized fast Walsh–Hadamard transform (exact, its own transpose, autograd-aware).
 `kronecker_sum`, `low_rank_product` — the parameterized hypercomplex (PHM) weight W = sum_i A_i (x) B_i.
+`fastfood`, `draw_pieces` — Fastfood random projections (intrinsic SAID / DID).
 """
+from .fastfood import draw_pieces, fastfood
 from .fwht import fwht, hadamard_matrix
 from .phm import kronecker_sum, low_rank_product
 
-__all__ = ["fwht", "hadamard_matrix", "kronecker_sum", "low_rank_product"]
+__all__ = ["fwht", "hadamard_matrix", "kronecker_sum", "low_rank_product", "fastfood", "draw_pieces"]
