@@ -153,7 +153,7 @@ def tiny_run_config(tmp: Path, arch: str = "bert", task: str = "sst2", **section
                         "eval_strategy": "steps", "eval_steps": 2, "log_steps": 1, "tensorboard": False,
                         "progress_bar": False, "seed": 3}}
     for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
+        if key in ("model", "data", "train") and isinstance(value, dict):
             config[key] = {**config[key], **value}
         else:
             config[key] = value

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 
 import peftlab as pl
@@ -36,8 +37,14 @@ FRESH_STATE = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_s
 class Trainer:
     def __init__(self, config: RunConfig, resume: bool = False):
         self.config, self.resume = config, resume
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
         precision = "bf16" if config.train.precision == "bf16" else "no"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=config.adapters == "per_task")]
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # Accelerate keeps one global state per process; a second run in the same process (tests,
+            # notebooks) may ask for another precision, so start from a clean one when not launched.
+            AcceleratorState._reset_state(reset_partial_state=True)
         # cpu=True where there is no GPU: it is what makes `accelerate launch --multi_gpu` on a CPU
         # machine start gloo (MULTI_CPU) instead of N unrelated single processes.
         self.accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=handlers,
@@ -226,8 +233,8 @@ class Trainer:
     def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
         """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
         cfg, step = self.config.train, self.state["step"]
-        due = (cfg.eval_strategy == "steps" and step % cfg.eval_steps == 0) or \
-              (cfg.eval_strategy == "epoch" and end_of_epoch)
+        due = (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == self.total_steps)) or \
+              (cfg.eval_strategy == "epoch" and (end_of_epoch or step == self.total_steps))
         if not due and not (cfg.eval_strategy == "no" and step % cfg.eval_steps == 0):
             return False
         decision = [None]
@@ -251,7 +258,7 @@ class Trainer:
         best = self.state["best"]
         improved = best is None or (math.isfinite(score) and score > best)
         if improved:
-            self.state.update(best=score, best_step=self.state["step"], bad_evals=0)
+            self.state.update(best=score, best_step=self.state["step"], bad_evals=0, best_scores=scores)
         else:
             self.state["bad_evals"] += 1
         return improved
@@ -285,7 +292,9 @@ class Trainer:
         from .report import averages, write_report
         per_task: dict = {t.name: {} for t in self.tasks}
         for split in ("validation", "test"):
-            for task, metrics in self.evaluate_split(split).items():
+            # the best checkpoint's validation scores are known already: skip re-evaluating them
+            known = self.state.get("best_scores") if split == "validation" else None
+            for task, metrics in (known or self.evaluate_split(split)).items():
                 per_task[task][split] = metrics
         trainable, total = pl.trainable_parameters(self.model)
         from ..core import base_parameter_count

@@ -132,6 +132,7 @@ class TrainSection(Section):
     param_groups: tuple[dict, ...] = ()   # [{pattern, learning_rate, weight_decay}]: first match wins
     tensorboard: bool = True
     progress_bar: bool = True
+    threads: int | None = None            # torch CPU threads per process; None: torch's default
 
     def check(self):
         require(self.batch_size > 0 and self.eval_batch_size > 0, "train: batch sizes must be positive")
@@ -143,6 +144,7 @@ class TrainSection(Section):
         require(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be positive, got {self.max_steps}")
         require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         require(self.eval_steps > 0 and self.log_steps > 0, "train: eval_steps and log_steps must be positive")
+        require(self.threads is None or self.threads > 0, f"train.threads must be positive, got {self.threads}")
         self.param_groups = tuple(ParamGroup.from_dict(g, f"train.param_groups[{i}]").to_dict()
                                   for i, g in enumerate(self.param_groups))
         for group in self.param_groups:

@@ -1,0 +1,209 @@
+"""The training loop: outputs of a run, exact gradient accumulation, parameter groups, early stopping,
+non-finite losses, multi-task batches, kill-and-resume, and 2 processes under `accelerate launch`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from peftlab import observe
+from peftlab.errors import PeftlabError
+from peftlab.train.batches import epoch_batches, shard, task_probabilities
+from peftlab.train.loop import Trainer
+from peftlab.train.schema import RunConfig
+from test_train_support import tiny_run_config
+
+
+def run(config: dict) -> tuple[Trainer, dict]:
+    trainer = Trainer(RunConfig.from_dict(config))
+    return trainer, trainer.run()
+
+
+def weights(run_dir, which="last") -> dict:
+    return load_file(str(Path(run_dir) / "checkpoints" / which / "trainable.safetensors"))
+
+
+def test_a_run_writes_results_report_logs_checkpoints_and_plots(tmp_path):
+    trainer, results = run(tiny_run_config(tmp_path, train={"tensorboard": True}))
+    out = Path(trainer.run_dir)
+    assert set(results["tasks"]["sst2"]) == {"validation", "test"}
+    assert results["train"]["steps"] == 3 and results["best_step"] in (2, 3)
+    assert json.loads((out / "results.json").read_text())["train"]["final_loss"] == results["train"]["final_loss"]
+    assert "| sst2 | test | accuracy |" in (out / "report.md").read_text()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2]
+    assert all(r["examples_per_s"] > 0 and r["loss"] > 0 for r in records if r["kind"] == "train")
+    assert list((out / "tensorboard").iterdir())
+    assert (out / "adapter" / "default" / "peftlab_config.json").exists()
+    from peftlab.train.plots import plot_run
+    assert {p.name for p in plot_run(out)} == {"loss.png", "metrics.png"}
+
+
+def test_gradient_accumulation_gives_the_same_weights(tmp_path):
+    base = tiny_run_config(tmp_path, train={"eval_strategy": "no", "batch_size": 8},
+                           data={"max_train_samples": 21})          # 8 + 8 + 5: a ragged last batch
+    run({**base, "output_dir": str(tmp_path / "a")})
+    run({**base, "output_dir": str(tmp_path / "b"), "train": {**base["train"], "gradient_accumulation_steps": 4}})
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)   # summation order only
+
+
+def test_parameter_groups_get_their_own_learning_rate(tmp_path):
+    config = tiny_run_config(tmp_path, train={"eval_strategy": "no",
+                                              "param_groups": [{"pattern": r"^classifier\.", "learning_rate": 0.0}]})
+    trainer, _ = run(config)
+    groups = {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups}
+    assert groups == {"^classifier\\.": 0.0, "^classifier\\. (no decay)": 0.0, "default": 1e-2,
+                      "default (no decay)": 1e-2}
+    start = Trainer(RunConfig.from_dict({**config, "output_dir": str(tmp_path / "fresh")})).model
+    after = trainer.model
+    assert torch.equal(start.classifier.weight, after.classifier.weight)      # lr 0: untouched
+    adapters = [n for n, p in after.named_parameters() if p.requires_grad and "classifier" not in n]
+    before = dict(start.named_parameters())
+    assert any(not torch.equal(before[n], dict(after.named_parameters())[n]) for n in adapters)
+
+
+def test_early_stopping_after_patience_evaluations(tmp_path):
+    config = tiny_run_config(tmp_path, train={"learning_rate": 0.0, "eval_steps": 1, "epochs": 3,
+                                              "early_stopping_patience": 2})
+    _, results = run(config)
+    assert results["train"]["steps"] == 3 and results["best_step"] == 1     # 9 steps planned
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_run_config(tmp_path, method={"method": "full"},
+                             train={"learning_rate": 1e30, "max_grad_norm": None, "eval_steps": 1, "epochs": 3})
+    with pytest.raises(PeftlabError, match=r"loss is (nan|inf) at step (\d+): stopped; last good checkpoint: .*"
+                                           r"checkpoints/last \(step \d+\)") as err:
+        run(config)
+    step = int(str(err.value).split("at step ")[1].split(":")[0])
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == step - 1
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run").values())
+
+
+def test_task_sampling_is_proportional_or_tempered_and_deterministic():
+    assert task_probabilities([100, 300], 1.0) == pytest.approx([0.25, 0.75])
+    assert task_probabilities([100, 400], 2.0) == pytest.approx([1 / 3, 2 / 3])
+    mixed = epoch_batches([100, 300], 50, seed=1, epoch=0)
+    assert len(mixed) == 8 and mixed == epoch_batches([100, 300], 50, seed=1, epoch=0)
+    share = sum(t for batch in mixed for t, _ in batch) / 400
+    assert 0.65 < share < 0.85 and len({t for t, _ in mixed[0]}) == 2          # mixed-task batches
+    per_task = epoch_batches([100, 300], 50, seed=1, epoch=0, mixing="per_task")
+    assert all(len({t for t, _ in batch}) == 1 for batch in per_task)
+    single = epoch_batches([10], 4, seed=1, epoch=0)
+    assert sorted(i for b in single for _, i in b) == list(range(10)) and single != epoch_batches([10], 4, 1, 1)
+    assert shard(list(range(10)), 1, 2, 2) == [[1, 3, 5], [7, 9]]       # rank 1 of 2, 2 micro-batches
+
+
+def test_multi_task_run_with_one_adapter_per_task(tmp_path):
+    config = tiny_run_config(tmp_path, "t5", "rte", tasks=["rte", "cb"], adapters="per_task",
+                             data={"mixing": "per_task"}, train={"eval_strategy": "no", "max_steps": 2})
+    trainer, results = run(config)
+    assert set(results["tasks"]) == {"rte", "cb"} and trainer.adapter_names == ["rte", "cb"]
+    assert (trainer.run_dir / "adapter" / "cb").exists() is False         # no eval: no best checkpoint
+    names = json.loads((trainer.run_dir / "config.json").read_text())["tasks"]
+    assert names == ["rte", "cb"]
+
+
+class _Mixer(nn.Module):
+    """Stands in for a module with mixing weights (ATTEMPT, Fuse): records softmax weights in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.0, 1.0]))
+
+    def forward(self, input_ids, **_):
+        weights = self.logits.softmax(-1).expand(input_ids.shape[0], 2)
+        observe.record("layer0", ["a", "b"], weights)
+        return weights
+
+
+def test_mixing_weights_are_logged_and_plotted(tmp_path):
+    from peftlab.train.logs import MIXING, RunLog, observe_mixing
+    from peftlab.train.plots import plot_run
+    seen = observe_mixing(_Mixer(), {"input_ids": torch.zeros(3, 4, dtype=torch.long)})
+    expected = torch.tensor([0.0, 1.0]).softmax(-1).tolist()
+    assert seen["layer0"]["labels"] == ["a", "b"]
+    assert seen["layer0"]["weights"] == pytest.approx(expected, abs=1e-6)
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    for step in (1, 2):
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step})
+        log.write({"step": step, "series": seen}, MIXING)
+    assert {p.name for p in plot_run(tmp_path)} == {"loss.png", "mixing_layer0.png"}
+
+
+def test_bf16_runs_on_cpu(tmp_path):
+    _, results = run(tiny_run_config(tmp_path, train={"precision": "bf16", "max_steps": 1, "eval_strategy": "no"}))
+    assert results["train"]["steps"] == 1
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(tmp_path):
+    config = tiny_run_config(tmp_path, train={"max_steps": 1, "eval_strategy": "no"})
+    run(config)
+    with pytest.raises(PeftlabError, match="a run is already there; pass --resume"):
+        Trainer(RunConfig.from_dict(config))
+    with pytest.raises(PeftlabError, match="nothing to resume"):
+        Trainer(RunConfig.from_dict({**config, "output_dir": str(tmp_path / "other")}), resume=True)
+
+
+# --- processes: kill and resume, two processes ----------------------------------------------------
+
+def _cli(args, env=None, launcher=None):
+    command = (launcher or [sys.executable]) + ["-m", "peftlab.cli", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    config = tiny_run_config(tmp_path, train={"epochs": 2, "batch_size": 4, "eval_steps": 4})  # 12 steps
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    whole = _cli([str(path), f"output_dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli([str(path), f"output_dir={tmp_path / 'cut'}"], env={"PEFTLAB_KILL_AT_STEP": "5"})
+    assert killed.returncode == -9                                   # SIGKILL after step 5 (epoch 0)
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "last" / "trainer_state.json").read_text())["step"] == 4
+    resumed = _cli([str(path), f"output_dir={tmp_path / 'cut'}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    assert ra["tasks"] == rb["tasks"] and ra["best_step"] == rb["best_step"]
+    assert rb["train"]["final_loss"] == pytest.approx(ra["train"]["final_loss"], rel=1e-6)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == list(range(1, 13))                               # no step logged twice
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate launcher not installed")
+def test_two_processes_give_the_loss_of_one_with_the_same_global_batch(tmp_path):
+    config = tiny_run_config(tmp_path, train={"epochs": 2, "batch_size": 8, "gradient_accumulation_steps": 2,
+                                              "eval_strategy": "epoch"}, data={"max_train_samples": 21})
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    one = _cli([str(path), f"output_dir={tmp_path / 'one'}"])
+    assert one.returncode == 0, one.stderr
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = _cli([str(path), f"output_dir={tmp_path / 'two'}"], launcher=launcher)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert (r1["processes"], r2["processes"]) == (1, 2)
+    assert r2["train"]["final_loss"] == pytest.approx(r1["train"]["final_loss"], rel=1e-4)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)   # summation order only
