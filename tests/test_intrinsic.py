@@ -222,3 +222,15 @@ def test_dense_projection_too_large_for_the_model_is_refused(monkeypatch):
     with pytest.raises(PeftlabError, match="projection 'dense' needs a"):
         pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=200, projection="dense"))
     assert not hasattr(model, "_peftlab")
+
+
+def test_gradient_checkpointing_is_refused_in_training():
+    model = tiny_model("gpt2")
+    pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=100), name="s")
+    model.activation_checkpointing_enable()
+    model.train()
+    with pytest.raises(PeftlabError, match="checkpointing"):
+        model(**tiny_batch("gpt2"))
+    assert all(isinstance(p, torch.nn.Parameter) for _, p in named_base_parameters(model))
+    model.activation_checkpointing_disable()
+    model(**tiny_batch("gpt2")).loss.backward()

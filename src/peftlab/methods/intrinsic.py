@@ -156,6 +156,9 @@ class Substitution:
     def before(self, module, args):
         self.depth += 1
         if self.depth == 1 and self._active():
+            if module.training and _checkpointing(module):
+                raise PeftlabError("IntrinsicSAID cannot train with activation (gradient) checkpointing: the "
+                                   "re-run layers would see θ⁰ instead of θ⁰ + λP(z); disable it")
             self._apply()
 
     def after(self, module, args, output):
@@ -178,6 +181,14 @@ class Substitution:
         for tensor, places in zip(self.tensors, self.places):
             for module, attr in places:
                 module._parameters[attr] = tensor
+
+
+def _checkpointing(module: nn.Module) -> bool:
+    """transformers 5 renamed `is_gradient_checkpointing` (now deprecated) to `is_activation_checkpointing`."""
+    flag = getattr(module, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(module, "is_gradient_checkpointing", False)
+    return bool(flag)
 
 
 def _unique_parameters(model: nn.Module):
