@@ -1,0 +1,112 @@
+"""`peftlab train | eval | predict | plot` end to end on a tiny model, and bad input -> one line, exit 2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peftlab.cli import main
+from test_train_support import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run (BERT, SST-2 files in the official format), trained through the CLI."""
+    tmp = tmp_path_factory.mktemp("cli")
+    path = tmp / "run.yaml"
+    path.write_text(json.dumps(tiny_run_config(tmp)))       # JSON is valid YAML
+    assert main(["train", str(path), "train.seed=5"]) == 0
+    return tmp
+
+
+def test_train_prints_the_result_table_and_writes_the_run(trained, capsys):
+    run_dir = trained / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert json.loads((run_dir / "config.json").read_text())["train"]["seed"] == 5
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"loss.png", "metrics.png"}
+    assert results["tasks"]["sst2"]["test"]["accuracy"] >= 0
+
+
+def test_eval_reproduces_the_runs_test_scores(trained, capsys):
+    results = json.loads((trained / "run" / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(trained / "run")]) == 0
+    out = capsys.readouterr().out
+    accuracy = 100 * results["tasks"]["sst2"]["test"]["accuracy"]
+    assert f"sst2     test        accuracy  {accuracy:9.2f}" in out
+
+
+def test_eval_on_a_given_file(trained, capsys):
+    data = trained / "data" / "glue" / "SST-2" / "dev.tsv"
+    assert main(["eval", str(trained / "run"), "--data", str(data), "--task", "sst2"]) == 0
+    import re
+    assert re.search(r"sst2\s+data\s+accuracy\s+\d+\.\d\d", capsys.readouterr().out)
+    assert main(["eval", str(trained / "run"), "--data", str(data), "--task", "cola"]) == 2
+    assert "task 'cola' was not trained in this run" in capsys.readouterr().err
+
+
+def test_predict_writes_one_prediction_per_row(trained, tmp_path):
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"sentence": "the film is good"}\n{"sentence": "a dull plot"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(trained / "run"), "--input", str(rows), "--output", str(out)]) == 0
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["sentence"] for p in predictions] == ["the film is good", "a dull plot"]
+    assert all(p["prediction"] in ("0", "1") for p in predictions)
+    dev = trained / "data" / "glue" / "SST-2" / "dev.tsv"          # the official format works too
+    assert main(["predict", str(trained / "run"), "--input", str(dev), "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 12
+
+
+def test_plot_lists_the_pngs(trained, capsys):
+    assert main(["plot", str(trained / "run")]) == 0
+    assert "loss.png" in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err        # may hold the tiny model fixture's save progress bar too
+    lines = [line for line in err.splitlines() if line.startswith("peftlab ")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("train_bytes, expected", [
+    (None, "SST-2/train.tsv: file not found"),
+    (b"text\tlabel\nok\t1\n", "SST-2/train.tsv: missing column 'sentence'"),
+    (b"sentence\tlabel\nok\t1\nfine\t7\n", "SST-2/train.tsv:3: unknown label '7' for sst2"),
+    (b"sentence\tlabel\n", "SST-2/train.tsv: no examples (empty split)"),
+    (b"sentence\tlabel\nok\t1\nok\t1\n\xe9t\xe9\t0\n", "SST-2/train.tsv:4: not UTF-8 text"),
+])
+def test_bad_data_exits_2_with_one_line_naming_the_file(tmp_path, capsys, train_bytes, expected):
+    config = tiny_run_config(tmp_path)
+    train = Path(config["data"]["dir"]) / "glue" / "SST-2" / "train.tsv"
+    if train_bytes is None:
+        train.unlink()
+    else:
+        train.write_bytes(train_bytes)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", str(path)]) == 2
+    assert expected in _one_line_error(capsys)
+    assert not (tmp_path / "run" / "config.json").exists()          # failed before the run started
+
+
+def test_config_errors_exit_2(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("tasks: [sst2]\ntrian: {epochs: 1}\n")
+    assert main(["train", str(path)]) == 2
+    assert "unknown config key 'trian' (did you mean 'train'?)" in _one_line_error(capsys)
+    assert main(["train", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: file not found" in _one_line_error(capsys)
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in _one_line_error(capsys)
+
+
+def test_non_finite_loss_exits_2_naming_the_step(tmp_path, capsys):
+    config = tiny_run_config(tmp_path, method={"method": "full"},
+                             train={"learning_rate": 1e30, "max_grad_norm": None, "eval_steps": 1, "epochs": 3})
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", str(path)]) == 2
+    assert "at step" in _one_line_error(capsys)
