@@ -157,7 +157,8 @@ def test_said_training_moves_only_z_and_lambda():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert projector.z.abs().sum() > 0 and not torch.equal(projector.said_lambda, torch.ones_like(projector.said_lambda))
+    assert projector.z.abs().sum() > 0
+    assert not torch.equal(projector.said_lambda, torch.ones_like(projector.said_lambda))
     assert losses[-1] < losses[0]
     for n, p in named_base_parameters(model):
         assert torch.equal(p, base[n]), n

@@ -98,19 +98,22 @@ class IntrinsicProjector(nn.Module):
         for i, size in enumerate(self.sizes):
             by_length.setdefault(next_power_of_two(size), []).append(i)
         self.groups = [_Group(length, members) for length, members in sorted(by_length.items())]
-        pieces = {} if meta else {i: draw_pieces(size, z_length, generator) for i, size in enumerate(self.sizes)}
+        # drawn group by group (a fixed order, so the seed reproduces them) to keep the peak memory
+        # at one group's pieces on top of the stacked buffers
         for g, group in enumerate(self.groups):
-            short = min(group.length, next_power_of_two(z_length))
-            rows, length = len(group.members), group.length
-            if meta:
-                tensors = (torch.empty(rows, short), torch.empty(rows, length, dtype=torch.long),
-                           torch.empty(rows, length), torch.empty(rows))
-            else:
-                chosen = [pieces[i] for i in group.members]
-                tensors = (torch.stack([p.signs for p in chosen]), torch.stack([p.index for p in chosen]),
-                           torch.stack([p.gauss for p in chosen]), torch.tensor([p.scale for p in chosen]))
+            tensors = self._group_pieces(group, z_length, generator, meta)
             for name, tensor in zip(("signs", "index", "gauss", "scale"), tensors):
                 self.register_buffer(f"ff{g}_{name}", tensor.to(device), persistent=False)
+
+    def _group_pieces(self, group: _Group, z_length: int, generator, meta: bool) -> tuple[torch.Tensor, ...]:
+        rows, length = len(group.members), group.length
+        if meta:
+            short = min(length, next_power_of_two(z_length))
+            return (torch.empty(rows, short, device="meta"), torch.empty(rows, length, dtype=torch.long, device="meta"),
+                    torch.empty(rows, length, device="meta"), torch.empty(rows, device="meta"))
+        chosen = [draw_pieces(self.sizes[i], z_length, generator) for i in group.members]
+        return (torch.stack([p.signs for p in chosen]), torch.stack([p.index for p in chosen]),
+                torch.stack([p.gauss for p in chosen]), torch.tensor([p.scale for p in chosen]))
 
     def _lambdas(self, members: list[int] | None = None) -> torch.Tensor | None:
         if self.said_lambda is None:
