@@ -24,7 +24,7 @@ from torch import nn
 from ..attention import adapter_home  # target.home() with a working undo (see there)
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
-from ..ops.fastfood import draw_pieces, fastfood_rows, next_power_of_two
+from ..ops.fastfood import draw_pieces, fastfood_rows, next_power_of_two, row_offsets
 from ..registry import register_method
 from ..surgery import named_base_modules
 
@@ -109,10 +109,12 @@ class IntrinsicProjector(nn.Module):
         rows, length = len(group.members), group.length
         if meta:
             short = min(length, next_power_of_two(z_length))
-            return (torch.empty(rows, short, device="meta"), torch.empty(rows, length, dtype=torch.long, device="meta"),
-                    torch.empty(rows, length, device="meta"), torch.empty(rows, device="meta"))
+            def empty(*shape, dtype=torch.float32):
+                return torch.empty(shape, dtype=dtype, device="meta")
+            return empty(rows, short), empty(rows, length, dtype=torch.int32), empty(rows, length), empty(rows)
         chosen = [draw_pieces(self.sizes[i], z_length, generator) for i in group.members]
-        return (torch.stack([p.signs for p in chosen]), torch.stack([p.index for p in chosen]),
+        short = chosen[0].signs.shape[0]
+        return (torch.stack([p.signs for p in chosen]), row_offsets(torch.stack([p.index for p in chosen]), short),
                 torch.stack([p.gauss for p in chosen]), torch.tensor([p.scale for p in chosen]))
 
     def _lambdas(self, members: list[int] | None = None) -> torch.Tensor | None:
