@@ -105,6 +105,8 @@ def _e2e(root: Path, split: str, n: int, rng) -> None:
 def tokenizer_for(kind: str) -> tf.PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL + SCORES + [str(i) for i in range(10)] + sorted(set(WORDS))
                                             + ["sentence:", "answer:", "name[", "food[cheap]"])}
+    for filler in range(len(vocab), 256):    # room for 100-token prompts initialized from the vocabulary
+        vocab[f"<extra_{filler}>"] = filler
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -117,9 +119,14 @@ def tokenizer_for(kind: str) -> tf.PreTrainedTokenizerFast:
                                       unk_token="<unk>", cls_token="[CLS]", sep_token="[SEP]")
 
 
-def tiny_model_dir(arch: str, root: Path) -> Path:
-    """A tiny random `arch` model (no dropout) and its tokenizer, saved like a hub checkpoint."""
-    out = Path(root) / f"tiny-{arch}"
+WIDTH_KEYS = {"t5": ("d_model",), "bart": ("d_model",), "bert": ("hidden_size",), "roberta": ("hidden_size",),
+              "gpt2": ("n_embd",), "llama": ("hidden_size",)}
+
+
+def tiny_model_dir(arch: str, root: Path, width: int = 16) -> Path:
+    """A tiny random `arch` model (no dropout) and its tokenizer, saved like a hub checkpoint. `width`
+    sets the hidden size (4 heads; feed-forward 2x), e.g. 96 so that paper-sized reduction factors fit."""
+    out = Path(root) / f"tiny-{arch}-{width}"
     if (out / "config.json").exists():
         return out
     kind = {"t5": "seq2seq", "bart": "seq2seq", "gpt2": "causal", "llama": "causal"}.get(arch, "classification")
@@ -129,6 +136,14 @@ def tiny_model_dir(arch: str, root: Path) -> Path:
     for key in list(config.to_dict()):
         if "dropout" in key or "pdrop" in key:
             setattr(config, key, 0.0)
+    if width != 16:
+        for key in WIDTH_KEYS[arch]:
+            setattr(config, key, width)
+        for key in ("d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "intermediate_size"):
+            if hasattr(config, key):
+                setattr(config, key, 2 * width)
+        if arch == "t5":
+            config.d_kv = width // 4
     config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 1, 2
     if kind == "seq2seq":
         config.decoder_start_token_id = 0

@@ -59,7 +59,11 @@ def build_model(config: RunConfig, tasks: list[Task]):
     with _quiet_transformers():
         model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
     if config.model.tokenizer:
-        tokenizer = tf.AutoTokenizer.from_pretrained(config.model.tokenizer)
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(config.model.tokenizer)
+        except (OSError, ValueError) as err:
+            raise PeftlabError(f"cannot load tokenizer '{config.model.tokenizer}': "
+                               f"{str(err).splitlines()[0]}") from None
     _fix_special_tokens(model, tokenizer, kind)
     attach_method(model, config, tasks)
     return model, tokenizer, kind
