@@ -257,3 +257,17 @@ def test_detaching_everything_restores_the_model_bit_for_bit():
     assert list(after) == list(original) and all(torch.equal(after[k], v) for k, v in original.items())
     assert not any(isinstance(m, Slot) for m in model.modules())
     assert get_module(model, "model.layers.0.mlp.down_proj").__class__.__name__ == "Linear"
+
+
+def test_parallel_block_in_generate_gives_each_member_its_copy_of_the_batch():
+    model = _two_adapters("llama", pl.Houlsby(reduction_factor=2))
+    ids = tiny_batch("llama", batch=2)["input_ids"]
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    separate = []
+    for name in ("a", "b"):
+        pl.activate(model, name)
+        separate.append(model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs))
+    assert not torch.equal(separate[0], separate[1])
+    pl.activate(model, pl.ParallelBlock("a", pl.Stack("b")))
+    both = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    assert torch.equal(both, torch.cat(separate))

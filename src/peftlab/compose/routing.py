@@ -159,9 +159,17 @@ class _Hooks:
 
 
 def _generate(original, model, *args, adapter_names=None, **kwargs):
-    if adapter_names is None:
+    if adapter_names is not None:
+        with routed(make_route(model, adapter_names)):
+            return original(*args, **kwargs)
+    controller = model.__dict__.get("_peftlab")
+    block = controller.active if controller is not None else ()
+    rows = _batch_size(args, kwargs)
+    if not isinstance(block, ParallelBlock) or rows is None:
         return original(*args, **kwargs)
-    with routed(make_route(model, adapter_names)):
+    # ParallelBlock: generate for k copies of the batch at once, copy i routed to member i.
+    args, kwargs = _replicate(args, kwargs, rows, len(block.members))
+    with routed(Route([m for m in block.members for _ in range(rows)])):
         return original(*args, **kwargs)
 
 
