@@ -7,7 +7,7 @@ setup:
 	bash scripts/setup.sh
 
 quickstart: setup
-	.venv/bin/peftlab params --model t5-base
+	.venv/bin/peftlab train configs/quickstart.yaml
 
 test:
 	$(PY) -m pytest
