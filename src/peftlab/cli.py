@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_runner("eval"))
     p = sub.add_parser("predict", help="predict with a run's best checkpoint")
     p.add_argument("run_dir"), p.add_argument("--input", required=True), p.add_argument("--output")
+    p.add_argument("--task", help="which of the run's tasks (needed when it trained several)")
     p.set_defaults(func=_runner("predict"))
     p = sub.add_parser("plot", help="draw a run's curves and mixing weights as PNG")
     p.add_argument("run_dir")
