@@ -20,8 +20,9 @@ from .blocks import BASE, Average, BatchSplit, Block, Fuse, ParallelBlock, Stack
     check_nesting, member_names, normalize, walk, without
 from .routing import install, route, uninstall
 
-__all__ = ["Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "BASE", "route", "average",
-           "prepare", "without", "row_mask"]
+__all__ = ["Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "Block", "BASE", "route",
+           "average", "normalize", "check", "expand_mixer", "prepare", "without", "row_mask", "install", "uninstall",
+           "all_names", "member_names"]
 
 
 def expand_mixer(block, controller):

@@ -51,11 +51,13 @@ class Route:
 
 
 def _group_rows(names):
+    """Rows grouped by name in first-seen order: slices when each group is one run in order, else
+    index tensors plus the inverse permutation."""
     order, firsts = [], {}
     for i, n in enumerate(names):
         firsts.setdefault(n, []).append(i)
-    groups, contiguous, start = [], True, 0
-    for name, rows in firsts.items():
+    contiguous, start = True, 0
+    for rows in firsts.values():
         if rows != list(range(rows[0], rows[0] + len(rows))) or rows[0] != start:
             contiguous = False
         start += len(rows)
