@@ -175,3 +175,12 @@ def test_batch_split_sizes_that_do_not_sum_to_the_batch_raise():
     assert _logits(model, _inputs("bert", batch=4)).isfinite().all()
     with pytest.raises(pl.PeftlabError, match="sizes"):
         pl.BatchSplit("a", "b", sizes=[2])
+
+
+def test_routing_refuses_while_an_adapter_is_merged():
+    model = _model("bert", "lora")
+    pl.merge(model, "a")
+    with pytest.raises(pl.PeftlabError, match="'a' is merged into the base weights"):
+        _logits(model, _inputs("bert"), adapter_names=["a", "b", "c", "a", "b"])
+    pl.unmerge(model, "a")
+    assert _logits(model, _inputs("bert"), adapter_names=["a", "b", "c", "a", "b"]).shape[0] == 5

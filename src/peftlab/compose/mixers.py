@@ -28,9 +28,12 @@ MIXING_METHODS = ("fusion", "weighted_sum")
 class FusionConfig(MethodConfig):
     adapters: tuple[str, ...] = ()
     temperature: float = 1.0
+    sources: dict[str, str] = field(default_factory=dict)   # member -> saved adapter dir, loaded if absent
 
     def validate(self):
         check(len(self.adapters) >= 1, "FusionConfig.adapters must name at least one adapter")
+        unknown = [k for k in self.sources if k not in self.adapters]
+        check(not unknown, f"Fuse sources: '{unknown[0] if unknown else ''}' is not one of the adapters")
         check(self.temperature > 0, f"FusionConfig.temperature must be positive, got {self.temperature}")
 
 
@@ -158,7 +161,8 @@ def freeze_members(target, adapters) -> None:
                 target.journal.record(lambda p=param: p.requires_grad_(True))
 
 
-def build_fusion(target, *, adapters, temperature):
+def build_fusion(target, *, adapters, temperature, sources):
+    load_sources(target, sources)
     for site in member_sites(target, adapters):
         series = f"{target.name}/{site.path}"
         target.place(site, FusionPart(_width(target, site.path), adapters, series, temperature))

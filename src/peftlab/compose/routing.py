@@ -98,6 +98,10 @@ def make_route(model, adapter_names) -> Route:
     if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):
         raise PeftlabError(f"adapter_names must be a list of adapter names, one per row; got {adapter_names!r}")
     known = controller.adapters if controller is not None else {}
+    merged = next((n for n, a in known.items() if any(getattr(p, "merged", False) for _, p in a.parts)), None)
+    if merged is not None:
+        raise PeftlabError(f"cannot route rows while adapter '{merged}' is merged into the base weights "
+                           f"(it would act on every row); unmerge it first")
     for n in adapter_names:
         if n != BASE and n not in known:
             raise PeftlabError(f"adapter_names: no adapter named {n!r}{closest(str(n), known)}; "
