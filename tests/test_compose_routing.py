@@ -154,7 +154,8 @@ def test_bad_blocks_raise_and_leave_the_model_unchanged(block, message):
 @pytest.mark.parametrize("call,message", [
     (dict(adapter_names=["a", "zzz", "b", "a", "a"]), "no adapter named 'zzz'"),
     (dict(adapter_names=["a", "b"]), "2 entries for a batch of 5 rows"),
-    (dict(adapter_names="a"), "must be a list of adapter names"),
+    (dict(adapter_names="a"), "must be a non-empty list of adapter names"),
+    (dict(adapter_names=[]), "must be a non-empty list of adapter names"),
 ])
 def test_bad_adapter_names_raise_and_leave_the_model_unchanged(call, message):
     model = _model("bert", "lora")

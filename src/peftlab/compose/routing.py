@@ -95,8 +95,9 @@ def route(model, adapter_names):
 def make_route(model, adapter_names) -> Route:
     from ..state import controller_of
     controller = controller_of(model)
-    if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):
-        raise PeftlabError(f"adapter_names must be a list of adapter names, one per row; got {adapter_names!r}")
+    if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)) or not adapter_names:
+        raise PeftlabError(f"adapter_names must be a non-empty list of adapter names, one per row; "
+                           f"got {adapter_names!r}")
     known = controller.adapters if controller is not None else {}
     merged = next((n for n, a in known.items() if any(getattr(p, "merged", False) for _, p in a.parts)), None)
     if merged is not None:
