@@ -185,3 +185,21 @@ def test_routing_refuses_while_an_adapter_is_merged():
         _logits(model, _inputs("bert"), adapter_names=["a", "b", "c", "a", "b"])
     pl.unmerge(model, "a")
     assert _logits(model, _inputs("bert"), adapter_names=["a", "b", "c", "a", "b"]).shape[0] == 5
+
+
+def test_row_mask_tells_hooks_outside_the_layers_which_rows_they_serve():
+    from peftlab.compose import row_mask
+    model = _model("bert", "lora", names=("a", "b"))
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, k: seen.append((row_mask(m, "a", 4), row_mask(m, "b", 4))),
+                                    with_kwargs=True)
+    _logits(model, _inputs("bert", batch=4), adapter_names=["a", "b", "a", "__base__"])
+    assert seen[-1][0].tolist() == [True, False, True, False] and seen[-1][1].tolist() == [False, True, False, False]
+    with pl.route(model, ["a", "b", "a", "__base__"]):   # beams: each row's copies follow it
+        assert row_mask(model, "b", 8).tolist() == [False, False, True, True, False, False, False, False]
+    pl.activate(model, pl.BatchSplit("a", "b", sizes=[1, 3]))
+    _logits(model, _inputs("bert", batch=4))
+    assert seen[-1][0].tolist() == [True, False, False, False]
+    pl.activate(model, "a")
+    _logits(model, _inputs("bert", batch=4))
+    assert seen[-1] == (None, None)
