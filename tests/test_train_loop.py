@@ -40,7 +40,7 @@ def test_a_run_writes_results_report_logs_checkpoints_and_plots(tmp_path):
     assert "| sst2 | test | accuracy |" in (out / "report.md").read_text()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [2]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 3]          # every 2 steps and the last
     assert all(r["examples_per_s"] > 0 and r["loss"] > 0 for r in records if r["kind"] == "train")
     assert list((out / "tensorboard").iterdir())
     assert (out / "adapter" / "default" / "peftlab_config.json").exists()
