@@ -207,3 +207,18 @@ def test_two_processes_give_the_loss_of_one_with_the_same_global_batch(tmp_path)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)   # summation order only
+
+
+def test_multi_task_attempt_gets_task_ids_and_its_attention_is_logged_and_plotted(tmp_path):
+    from peftlab.train.plots import plot_run
+    config = tiny_run_config(tmp_path, "t5", "rte", tasks=["rte", "cb"],
+                             method={"method": "attempt", "num_sources": 2, "length": 3, "tasks": ["rte", "cb"]},
+                             train={"eval_strategy": "no", "max_steps": 2, "log_steps": 1})
+    trainer, results = run(config)
+    assert trainer.task_ids and set(results["tasks"]) == {"rte", "cb"}
+    records = [json.loads(line) for line in (trainer.run_dir / "mixing_weights.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    series = records[-1]["series"]
+    assert series and all(sum(s["weights"]) == pytest.approx(1.0, abs=1e-5) for s in series.values())
+    pngs = {p.name for p in plot_run(trainer.run_dir)}
+    assert sum(name.startswith("mixing_attempt") for name in pngs) == len(series)
