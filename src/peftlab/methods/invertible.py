@@ -26,7 +26,7 @@ from ..config import MethodConfig, check
 from ..registry import register_method
 from ..surgery import Part
 from ..targeting import Site
-from .bottleneck import Bottleneck, NonLinearity, build_bottleneck
+from .bottleneck import Bottleneck, Houlsby, NonLinearity, Parallel, Pfeiffer, build_bottleneck
 
 
 @dataclass
@@ -35,7 +35,9 @@ class InvertibleAdapter(MethodConfig):
     non_linearity: NonLinearity = "relu"
     init: Literal["near_identity", "zero_up"] = "zero_up"
     inverse_at_output: bool | None = None       # None: wherever the output projection is tied to the embeddings
-    adapter: Bottleneck | None = None           # the language adapter's bottleneck, placed under the same name
+    # The language adapter's bottleneck, placed under the same name. The presets are listed so that a
+    # saved {"method": "pfeiffer", ...} comes back as a Pfeiffer config.
+    adapter: Bottleneck | Pfeiffer | Houlsby | Parallel | None = None
 
     def validate(self):
         check(self.reduction_factor > 0, f"InvertibleAdapter.reduction_factor must be positive, "
