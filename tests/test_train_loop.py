@@ -222,3 +222,8 @@ def test_multi_task_attempt_gets_task_ids_and_its_attention_is_logged_and_plotte
     assert series and all(sum(s["weights"]) == pytest.approx(1.0, abs=1e-5) for s in series.values())
     pngs = {p.name for p in plot_run(trainer.run_dir)}
     assert sum(name.startswith("mixing_attempt") for name in pngs) == len(series)
+
+
+def test_multi_task_on_a_classification_head_is_refused(tmp_path):
+    with pytest.raises(PeftlabError, match=r"a multi-task run needs a text-to-text model"):
+        Trainer(RunConfig.from_dict(tiny_run_config(tmp_path, tasks=["sst2", "cola"])))

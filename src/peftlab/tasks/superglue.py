@@ -68,12 +68,13 @@ def record(task: Task, path: Path, line: int, row: dict) -> list[Example]:
 
 
 def _task(name, folder, keys, metrics, labels=BOOL, convert=simple, kind="classification", large=False,
-          required=("label",), hub_name=None):
+          required=("label",), hub_name=None, aliases=None):
     return Task(name=name, benchmark="superglue", folder=folder,
                 files={"train": "train.jsonl", "validation": "val.jsonl"},
                 read=partial(read_jsonl, required=required), convert=convert, keys=keys, kind=kind,
                 metrics=metrics, labels=labels, large=large,
-                hub=("super_glue", hub_name or folder.lower()), aliases=(f"superglue-{name}",))
+                hub=("super_glue", hub_name or folder.lower()),
+                aliases=(f"superglue-{name}",) if aliases is None else aliases)
 
 
 SUPERGLUE_TASKS = [
@@ -91,7 +92,6 @@ SUPERGLUE_TASKS = [
     _task("wsc", "WSC", ("text",), ("accuracy",), convert=wsc, required=("text", "target", "label"),
           hub_name="wsc.fixed"),
     _task("superglue-rte", "RTE", ("premise", "hypothesis"), ("accuracy",),
-          labels=("entailment", "not_entailment"), required=("premise", "hypothesis", "label"), hub_name="rte"),
+          labels=("entailment", "not_entailment"), required=("premise", "hypothesis", "label"), hub_name="rte",
+          aliases=()),     # named "superglue-rte" itself: plain "rte" is GLUE's
 ]
-# "superglue-rte" keeps its name (plain "rte" is GLUE's); drop its doubled alias.
-SUPERGLUE_TASKS[-1] = Task(**{**SUPERGLUE_TASKS[-1].__dict__, "aliases": ()})

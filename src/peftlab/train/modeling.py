@@ -47,15 +47,12 @@ def build_model(config: RunConfig, tasks: list[Task]):
              "causal": tf.AutoModelForCausalLM}
     kwargs = {}
     if kind == "classification":
-        counts = {t.num_labels for t in tasks}
-        if len(counts) > 1 or len(tasks) > 1 and any(t.kind == "regression" for t in tasks):
-            raise PeftlabError(f"tasks {[t.name for t in tasks]} need different classification heads; "
-                               f"run them one at a time or use a text-to-text model (T5, GPT-2)")
-        kwargs["num_labels"] = counts.pop()
+        if len(tasks) > 1:     # one classification head cannot serve several label sets
+            raise PeftlabError(f"tasks {[t.name for t in tasks]}: a multi-task run needs a text-to-text model "
+                               f"(T5, BART, GPT-2, Llama); with '{config.model.name}' run one task at a time")
+        kwargs["num_labels"] = tasks[0].num_labels
         kwargs["problem_type"] = ("regression" if tasks[0].kind == "regression"
                                   else "single_label_classification")
-    elif any(t.kind == "regression" for t in tasks) and kind == "classification":
-        raise PeftlabError("regression needs a classification head")
     with _quiet_transformers():
         model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
     if config.model.tokenizer:
