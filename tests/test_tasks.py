@@ -155,3 +155,21 @@ def test_missing_data_dir_and_hub_without_datasets(tmp_path, monkeypatch):
 def test_every_task_has_a_hub_name_and_metrics():
     for task in TASKS.values():
         assert task.hub[0] and task.metrics and task.files["train"] and task.files["validation"]
+
+
+def test_hub_rows_map_to_the_same_examples(monkeypatch):
+    """`datasets` rows (labels as indices, hub column names) go through the official-file converters."""
+    import sys
+    import types
+    rows = {("glue", "mrpc", "train"): [{"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0}],
+            ("glue", "mnli", "validation_matched"): [{"premise": "p", "hypothesis": "h", "label": 2, "idx": 0}],
+            ("super_glue", "cb", "train"): [{"premise": "p", "hypothesis": "h", "label": 1, "idx": 0}]}
+    fake = types.SimpleNamespace(load_dataset=lambda path, name, split: rows[(path, name, split)])
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    from peftlab.tasks.hub import read_hub_split
+    mrpc = read_hub_split(get_task("mrpc"), "train")[0]
+    assert mrpc.fields == {"sentence1": "a", "sentence2": "b"} and mrpc.label == 1
+    mnli = read_hub_split(get_task("mnli"), "validation")[0]
+    assert mnli.fields == {"premise": "p", "hypothesis": "h"} and mnli.label == 2      # contradiction
+    cb = read_hub_split(get_task("cb"), "train")[0]
+    assert cb.label == 1 and get_task("cb").labels[1] == "contradiction"
