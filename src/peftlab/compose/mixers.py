@@ -226,7 +226,9 @@ def build_weighted_sum(target, *, adapters, mode, num_weight_sets, include_base,
         net = None
         if flex:
             d = _width(target, site.path)
-            net = BottleneckNet(d, max(1, int(d // flex_reduction_factor)), "relu", False, False, 1.0, "zero_up")
+            k = max(1, int(d // flex_reduction_factor))
+            check(k <= 16 * d, f"WeightedSum flex_reduction_factor {flex_reduction_factor} gives a width of {k}")
+            net = BottleneckNet(d, k, "relu", False, False, 1.0, "zero_up")
             net.requires_grad_(train_mode in ("flex", "full_ft"))
         series = f"{target.name}/{site.stack}.{site.layer}" if site.layer is not None else f"{target.name}/{site.path}"
         part = WeightedMix(sets, ordinal * n_sets // max(total, 1), labels, series, mode, include_base, net)

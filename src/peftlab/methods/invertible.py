@@ -52,6 +52,8 @@ class _Mlp(nn.Module):
     def __init__(self, d_in: int, d_out: int, reduction_factor: float, non_linearity: str, init: str):
         super().__init__()
         hidden = max(1, int(d_in // reduction_factor))
+        check(hidden <= 16 * d_in, f"InvertibleAdapter.reduction_factor {reduction_factor} gives a coupling "
+                                   f"width of {hidden} for a half-embedding of {d_in}")
         self.down, self.act, self.up = nn.Linear(d_in, hidden), ACT2FN[non_linearity], nn.Linear(hidden, d_out)
         if init == "zero_up":   # the coupling starts as the identity, both ways
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
