@@ -156,6 +156,11 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path):
         Trainer(RunConfig.from_dict(config))
     with pytest.raises(PeftlabError, match="nothing to resume"):
         Trainer(RunConfig.from_dict({**config, "output_dir": str(tmp_path / "other")}), resume=True)
+    evaluated = {**config, "train": {**config["train"], "eval_strategy": "steps"}}
+    run({**evaluated, "overwrite": True})
+    assert (tmp_path / "run" / "checkpoints" / "best").exists()
+    run({**config, "overwrite": True})                        # no evaluation: no best, and no stale one
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
 
 
 # --- processes: kill and resume, two processes ----------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -81,9 +82,11 @@ class Trainer:
                                f"or choose another output_dir")
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resume:
+            if not self.resume:     # overwrite: nothing of the old run may pass for this one's
                 for name in ("log.jsonl", MIXING, "results.json", "report.md"):
                     (self.run_dir / name).unlink(missing_ok=True)
+                for name in ("checkpoints", "adapter", "tensorboard", "plots"):
+                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
             import json
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()
