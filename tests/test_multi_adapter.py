@@ -109,3 +109,30 @@ def test_the_shipped_multi_adapter_configs_are_valid(name):
         assert list(method.sources) == ["mrpc", "rte"]   # the RTE head is loaded last
     else:
         assert method.method == "pfeiffer" and config.tasks == (name.split("_")[0],)
+
+
+def test_the_runner_logs_weighted_sum_weights_and_plot_draws_one_png_per_layer(tmp_path):
+    from peftlab.train.logs import LOG, MIXING, RunLog, observe_mixing
+    from peftlab.train.plots import plot_run
+    model = tiny_model("bert")
+    for name in ("rte", "mrpc"):
+        pl.attach(model, pl.Pfeiffer(reduction_factor=2), name)
+    pl.activate(model, pl.WeightedSum("rte", "mrpc", name="default"))
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    batch = {"input_ids": torch.randint(3, 96, (3, 5))}
+    mixer = next(p for _, p in pl.core._require(model).adapters["default"].parts)
+    for step in (10, 20):
+        with torch.no_grad():
+            mixer.owner.weights[:, 1] += 1.0   # as if training moved weight onto the rte branch
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step})
+        log.write({"step": step, "series": observe_mixing(model, batch)}, MIXING)
+    records = [r for r in (tmp_path / MIXING).read_text().splitlines() if r]
+    assert len(records) == 2 and (tmp_path / LOG).exists()
+    last = __import__("json").loads(records[-1])["series"]
+    assert sorted(last) == ["default/encoder.0", "default/encoder.1"]
+    assert last["default/encoder.0"]["labels"] == ["base", "rte", "mrpc"]
+    weights = last["default/encoder.0"]["weights"]
+    assert weights[1] == max(weights) and abs(sum(weights) - 1) < 1e-5
+    written = [p.name for p in plot_run(tmp_path)]
+    assert "mixing_default_encoder.0.png" in written and "mixing_default_encoder.1.png" in written
+    assert (tmp_path / "plots" / "mixing_default_encoder.0.png").stat().st_size > 1000
