@@ -32,6 +32,13 @@ def test_kronecker_sum_equals_explicit_sum_of_kron_products_batched():
         torch.testing.assert_close(W[layer], _explicit_kron_sum(rules[layer], blocks[layer]), rtol=0, atol=1e-6)
 
 
+def test_kronecker_sum_broadcasts_one_shared_rule_over_a_batch_of_layers():
+    rule, blocks = torch.randn(4, 4, 4), torch.randn(5, 4, 3, 2)
+    W = kronecker_sum(rule, blocks)
+    for layer in range(5):
+        torch.testing.assert_close(W[layer], _explicit_kron_sum(rule, blocks[layer]), rtol=0, atol=1e-6)
+
+
 def test_kronecker_sum_rejects_mismatched_shapes():
     with pytest.raises(PeftlabError, match=r"\(3, 4, 4\)"):
         kronecker_sum(torch.randn(3, 4, 4), torch.randn(3, 2, 2))
