@@ -74,16 +74,17 @@ def run_one(tasks, method, lr, seed, out_dir, mode, data_dir, model="minilm", **
     return Trainer(RunConfig.from_dict(config)).run()
 
 
-def glue(mode, data_dir, work, methods) -> dict:
+def glue(mode, data_dir, work, methods, tasks=GLUE, transfer=True) -> dict:
     """{label: {"percent": p, "scores": {task: [test score per seed]}}}"""
     from peftlab.tasks import average
     table: dict = {}
-    order = [SOURCE_METHOD] + [m for m in methods if m != SOURCE_METHOD]
-    bar = tqdm(total=len(order + ["SPoT", "ATTEMPT"]) * len(GLUE) * len(mode["seeds"]), desc="glue", unit="run")
-    for label in order + ["SPoT", "ATTEMPT"]:
-        for task in GLUE:
+    order = ([SOURCE_METHOD] if transfer else []) + [m for m in methods if m != SOURCE_METHOD]
+    order += ["SPoT", "ATTEMPT"] if transfer else []
+    bar = tqdm(total=len(order) * len(tasks) * len(mode["seeds"]), desc="glue", unit="run")
+    for label in order:
+        for task in tasks:
             for seed in mode["seeds"]:
-                method, lr = _method_for(label, task, seed, work)
+                method, lr = _method_for(label, task, seed, work, tasks)
                 results = run_one([task], method, lr, seed, work / _slug(label) / task / str(seed), mode, data_dir)
                 row = table.setdefault(label, {"percent": 100 * results["trainable"] / results["base"], "scores": {}})
                 row["scores"].setdefault(task, []).append(100 * average(results["tasks"][task]["test"]))
@@ -92,11 +93,11 @@ def glue(mode, data_dir, work, methods) -> dict:
     return table
 
 
-def _method_for(label, task, seed, work):
+def _method_for(label, task, seed, work, tasks=GLUE):
     if label not in ("SPoT", "ATTEMPT"):
         return GLUE_METHODS[label]
     sources = [str(work / _slug(SOURCE_METHOD) / other / str(seed) / "adapter" / "default")
-               for other in GLUE if other != task]
+               for other in tasks if other != task]
     if label == "SPoT":
         return {"method": "spot", "sources": sources}, PROMPT_LR
     return {"method": "attempt", "sources": sources}, PROMPT_LR
@@ -127,11 +128,12 @@ def to_markdown(glue_table, e2e_table, meta) -> str:
     lines = ["# Quality on real data", "", f"Mode: {meta['mode']} ({meta['settings']}); wall time "
              f"{meta['wall_min']:.1f} min on {meta['machine']}.", ""]
     if glue_table:
+        tasks = list(next(iter(glue_table.values()))["scores"])
         lines += ["## MiniLM (all-MiniLM-L6-v2) on GLUE, test split (DESIGN §5 splits)", "",
-                  "| method | trainable % | " + " | ".join(GLUE) + " | average |", "|---" * (len(GLUE) + 3) + "|"]
+                  "| method | trainable % | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 3) + "|"]
         for label, row in glue_table.items():
             per_seed_avg = [statistics.mean(s) for s in zip(*row["scores"].values())]
-            cells = [_cell(row["scores"][t]) for t in GLUE]
+            cells = [_cell(row["scores"][t]) for t in tasks]
             lines.append(f"| {label} | {row['percent']:.3f} | " + " | ".join(cells) + f" | {_cell(per_seed_avg)} |")
         lines.append("")
     if e2e_table:
@@ -148,6 +150,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--part", choices=["all", "glue", "e2e"], default="all")
     parser.add_argument("--methods", nargs="*", default=list(GLUE_METHODS))
+    parser.add_argument("--tasks", nargs="*", default=GLUE, choices=GLUE)
+    parser.add_argument("--no-transfer", action="store_true", help="skip SPoT and ATTEMPT (and their sources)")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality"))
     args = parser.parse_args(argv)
@@ -155,7 +159,8 @@ def main(argv=None):
     mode = MODES[mode_name]
     start = time.time()
     work = Path(args.work)
-    glue_table = glue(mode, args.data_dir, work, args.methods) if args.part in ("all", "glue") else {}
+    glue_table = (glue(mode, args.data_dir, work, args.methods, args.tasks, not args.no_transfer)
+                  if args.part in ("all", "glue") else {})
     e2e_table = e2e(mode, args.data_dir, work) if args.part in ("all", "e2e") else {}
     import platform
     import torch

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from .errors import PeftlabError
-from .state import HOME
 from .targeting import LayerSelection, Site
 
 PREFIX = "peftlab_"
@@ -221,7 +220,7 @@ def install(target, site: Site, extension: AttentionExtension) -> AttentionExten
     weight = next(iter(module.parameters()), None)
     if weight is not None:
         extension.to(device=weight.device)
-    home = adapter_home(target)
+    home = target.home()
     if not hasattr(home, "attention"):
         home.attention = nn.ModuleDict()
     home.attention[site.path.replace(".", "-")] = extension
@@ -244,18 +243,6 @@ def kv_geometry(module: nn.Module) -> tuple[int, int]:
     if fused is not None:
         return fused.weight.shape[1] // 3 // head_dim, head_dim
     raise PeftlabError(f"{type(module).__name__}: cannot find its key projection")
-
-
-def adapter_home(target) -> nn.Module:
-    """`target.home()`, with its undo made safe: the core journals `ModuleDict.pop(name, None)`, which
-    ModuleDict rejects (it takes no default), so detach would fail; journal a working undo instead."""
-    undo = target.journal._undo
-    before = len(undo)
-    home = target.home()
-    if len(undo) > before:
-        holder, name = target.model._modules[HOME], target.name
-        undo[-1] = lambda: holder.pop(name) if name in holder else None
-    return home
 
 
 def attention_sites(target, stacks=None, selection: LayerSelection = LayerSelection()) -> list[Site]:

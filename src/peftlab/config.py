@@ -60,11 +60,11 @@ def _coerce(value: Any, tp, where: str):
             return value
         if isinstance(value, dict):
             from .registry import get_method   # late: the registry imports this module
-            named = value.get("method", tp.method)
-            if tp.method and named != tp.method and get_method(str(named)).name != tp.method:
-                raise PeftlabError(f"{where}: expects a '{tp.method}' config, got method '{named}'")
+            cls = get_method(str(value["method"])).config_cls if "method" in value else tp
+            if not issubclass(cls, tp):   # a preset (e.g. pfeiffer for a Bottleneck field) is fine
+                raise PeftlabError(f"{where}: expects a '{tp.method}' config, got method '{value['method']}'")
             try:
-                return tp.from_dict(value)
+                return cls.from_dict(value)
             except PeftlabError as err:
                 raise PeftlabError(f"{where}: {err}") from None
         raise PeftlabError(f"{where}: expected a {tp.__name__} config, got {value!r}")

@@ -151,7 +151,7 @@ def build_gated_prefix(target, prefix: PrefixTuning) -> None:
     heads, head_dim = geometry.pop()
     params = PrefixParameters(prefix.prefix_length, len(sites), heads, head_dim, prefix.flat, target.hidden_size,
                               prefix.mlp_hidden)
-    attention.adapter_home(target).prefix = params.to(next(target.model.parameters()).device)
+    target.home().prefix = params.to(next(target.model.parameters()).device)
     queries = {(s.stack, s.layer): s for s in projection_sites(target, "q", selection)}
     for layer, site in enumerate(sites):
         bias = _relative_bias_source(target, site) if prefix.shift_positions else None

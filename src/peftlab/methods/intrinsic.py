@@ -21,7 +21,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..attention import adapter_home  # target.home() with a working undo (see there)
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
 from ..ops.fastfood import draw_pieces, fastfood_rows, next_power_of_two, row_offsets
@@ -220,7 +219,7 @@ def build_intrinsic(target, *, intrinsic_dim, said, projection, seed):
                            f"tensors ({len(tensors)}): SAID spends one entry per tensor on its scalar λ")
     device = tensors[0].device
     projector = IntrinsicProjector([t.numel() for t in tensors], intrinsic_dim, said, projection, seed, device)
-    adapter_home(target).intrinsic = projector
+    target.home().intrinsic = projector
     hooks = Substitution(model, target.name, projector, tensors, places)
     entries = [model]
     encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None

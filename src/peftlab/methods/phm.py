@@ -23,7 +23,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..attention import adapter_home  # target.home() with a working undo (see there)
 from ..config import check
 from ..errors import PeftlabError
 from ..ops.phm import kronecker_sum, low_rank_product
@@ -193,7 +192,7 @@ class PHMFactory:
         # the shared tensors live where the parts do: the base's device, float32 unless the base is float64
         self.placement = {"device": first.device,
                           "dtype": first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32}
-        self.home = adapter_home(target) if shared_phm_rule or shared_W_phm else None
+        self.home = target.home() if shared_phm_rule or shared_W_phm else None
         if shared_phm_rule:
             self.home.phm_rule = self._new_rule()
 

@@ -123,7 +123,7 @@ def build_prefix(target, *, prefix_length, flat, mlp_hidden, stacks, shift_posit
     check(len(geometry) == 1, f"PrefixTuning needs one key/value shape across layers, found {sorted(geometry)}")
     heads, head_dim = geometry.pop()
     params = PrefixParameters(prefix_length, len(sites), heads, head_dim, flat, target.hidden_size, mlp_hidden)
-    home = attention.adapter_home(target)
+    home = target.home()
     home.prefix = params.to(next(target.model.parameters()).device)
     causal_only = set(target.stacks()) == {"decoder"}
     for layer, site in enumerate(sites):

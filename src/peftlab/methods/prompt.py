@@ -15,7 +15,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..attention import adapter_home
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
 from ..prompting import PromptProvider, install_prompt
@@ -109,7 +108,7 @@ def attach_prompt(target, initial: torch.Tensor, provider: PromptProvider | None
     check(initial.shape[-1] == target.hidden_size,
           f"prompt width {initial.shape[-1]} differs from the model's hidden size {target.hidden_size}")
     provider = provider or PromptEmbedding(initial)
-    home = adapter_home(target)
+    home = target.home()
     home.prompt = provider.to(embedding_matrix(target).device)
     install_prompt(target, provider)
     return provider
