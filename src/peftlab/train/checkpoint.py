@@ -1,47 +1,94 @@
 """Checkpoints: the trainable tensors (safetensors), optimizer and scheduler state, RNG states and the
-loop's counters. Written to a temporary folder and renamed, so a kill never leaves half a checkpoint.
+loop's counters. Nothing is pickled: tensors go to safetensors or to `torch.save` files that load with
+`weights_only=True`, and RNG states are plain lists and ints. Every checkpoint is written to a `.tmp`
+folder, flushed to disk, and renamed, so a kill never leaves half a checkpoint.
 
-    RUN_DIR/checkpoints/last/   the latest (what --resume continues from)
-    RUN_DIR/checkpoints/best/   the best by the average validation metric
+    RUN_DIR/checkpoints/last/       the latest (what --resume continues from)
+    RUN_DIR/checkpoints/best/       the best by the average validation metric
+    RUN_DIR/checkpoints/step-N/     older "last" checkpoints, kept when train.keep_last > 1
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import PeftlabError
 
 WEIGHTS, STATE, OPTIMIZER = "trainable.safetensors", "trainer_state.json", "optimizer.pt"
+FAULT_ENV = "PEFTLAB_KILL_AT"
 
 
-def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None, scheduler=None) -> None:
+def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None, scheduler=None,
+                    keep_last: int = 1) -> None:
+    """Write `directory` atomically. With `keep_last` > 1 the checkpoint it replaces moves to
+    `step-N` beside it, and only the newest `keep_last - 1` of those stay."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    _recover(directory)
+    tmp, old = _sibling(directory, ".tmp"), _sibling(directory, ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)      # a kill after the swap left a stale one
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / WEIGHTS))
     if optimizer is not None:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / OPTIMIZER)
     (tmp / STATE).write_text(json.dumps(state, indent=1))
-    old = directory.with_name(directory.name + ".old")
+    _sync(tmp)
+    fault_point("ckpt", int(state.get("step", 0)))   # test hook: a kill with the new one half-done
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
+    _sync(directory.parent)
     if old.exists():
+        _retire(old, keep_last)
+
+
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def _sync(folder: Path) -> None:
+    """fsync the files of `folder` and the folder itself, so a rename never points at unwritten data."""
+    for path in [*folder.iterdir(), folder] if folder.is_dir() else []:
+        if path.is_dir() and path != folder:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _retire(old: Path, keep_last: int) -> None:
+    """The replaced checkpoint: removed, or kept as `step-N` (rotating out the oldest)."""
+    if keep_last <= 1:
         shutil.rmtree(old)
+        return
+    step = json.loads((old / STATE).read_text())["step"]
+    kept = old.parent / f"step-{step}"
+    shutil.rmtree(kept, ignore_errors=True)
+    old.rename(kept)
+    for stale in rotated(old.parent)[: -(keep_last - 1)]:
+        shutil.rmtree(stale)
+
+
+def rotated(root: Path) -> list[Path]:
+    """The kept older checkpoints under `root`, oldest first."""
+    found = [p for p in Path(root).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def _recover(directory: Path) -> Path:
     """If a kill fell between the two renames, the previous checkpoint sits at `.old`."""
-    old = directory.with_name(directory.name + ".old")
+    old = _sibling(directory, ".old")
     if not directory.exists() and old.exists():
         old.rename(directory)
     return directory
@@ -52,31 +99,45 @@ def load_weights(model, directory: Path) -> dict:
     directory = _recover(Path(directory))
     if not (directory / WEIGHTS).exists():
         raise PeftlabError(f"{directory}: no checkpoint here ({WEIGHTS} missing)")
-    tensors = load_file(str(directory / WEIGHTS))
+    try:
+        tensors = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PeftlabError(f"{directory / WEIGHTS}: not a readable safetensors file ({err})") from None
     params = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in params or params[name].shape != tensor.shape:
             raise PeftlabError(f"{directory / WEIGHTS}: tensor '{name}' does not fit this model")
         with torch.no_grad():
             params[name].copy_(tensor.to(params[name].dtype))
-    return json.loads((directory / STATE).read_text())
+    return load_state(directory)
 
 
 def load_training_state(directory: Path, optimizer, scheduler) -> None:
-    blob = torch.load(Path(directory) / OPTIMIZER, weights_only=False)
+    path = Path(directory) / OPTIMIZER
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception as err:    # truncated or tampered: name the file, whatever torch's reason
+        raise PeftlabError(f"{path}: cannot load the optimizer state ({type(err).__name__}: {err})") from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG as tensors, lists and ints: what `torch.load(weights_only=True)` accepts."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(words), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                      float(cached)]}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -84,4 +145,19 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def load_state(directory: Path) -> dict:
-    return json.loads((_recover(Path(directory)) / STATE).read_text())
+    path = _recover(Path(directory)) / STATE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PeftlabError(f"{path}: cannot read the trainer state ({err})") from None
+
+
+def fault_point(phase: str, step: int) -> None:
+    """Test hook: `PEFTLAB_KILL_AT=PHASE:N` (phase step, eval or ckpt) SIGKILLs the process in that
+    phase at step N, so resume tests exercise real crashes rather than polite exits. The older
+    `PEFTLAB_KILL_AT_STEP=N` means "after step N"."""
+    wanted = os.environ.get(FAULT_ENV)
+    legacy = os.environ.get("PEFTLAB_KILL_AT_STEP")
+    if (wanted and wanted == f"{phase}:{step}") or (legacy and phase == "after" and int(legacy) == step):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)

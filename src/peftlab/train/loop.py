@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -123,7 +122,7 @@ class Trainer:
                     window = []
                 end_of_epoch = index == len(batches) - 1
                 stop = self._maybe_evaluate(end_of_epoch)
-                _fault_injection(state["step"])
+                ckpt.fault_point("after", state["step"])
                 if stop or state["step"] >= self.total_steps:
                     break
             else:
@@ -164,9 +163,16 @@ class Trainer:
                 summed = self._forward_loss(items_of(rows))
                 acc.backward(summed * (weight * acc.num_processes / max(denominator, 1)))
             total += summed.detach().double() * weight
-        if self.config.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.config.train.max_grad_norm)
+        step = self.state["step"] + 1
+        if not math.isfinite(float(total)):     # stop before the optimizer spoils the weights
+            self._stop(f"loss is {float(total) / max(denominator, 1)}", step)
+        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not torch.isfinite(norm):
+            self._stop(self._first_non_finite_gradient(), step)
+        ckpt.fault_point("step", step)           # test hook: a kill in the middle of a step
+        if self.config.train.max_grad_norm and grads:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.config.train.max_grad_norm, norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -192,10 +198,24 @@ class Trainer:
         if math.isfinite(loss):
             self.state["last_loss"] = loss
             return
+        self._stop(f"loss is {loss}", self.state["step"])
+
+    def _stop(self, what: str, step: int) -> None:
         last = self.run_dir / "checkpoints" / "last"
         kept = f"last good checkpoint: {last} (step {ckpt.load_state(last)['step']})" \
             if ckpt.has_checkpoint(self.run_dir) else "no checkpoint was saved yet"
-        raise PeftlabError(f"loss is {loss} at step {self.state['step']}: stopped; {kept}")
+        raise PeftlabError(f"{what} at step {step}: stopped; {kept}")
+
+    def _first_non_finite_gradient(self) -> str:
+        """Names the first parameter (in optimizer order) whose gradient is not finite, and its group."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    bad = param.grad[~torch.isfinite(param.grad)][0].item()
+                    return f"gradient of '{names.get(id(param), '?')}' (parameter group " \
+                           f"'{group.get('name', '?')}') is {bad}"
+        return "gradient norm is not finite"
 
     def _log_train(self, window: list[float], rate: float) -> None:
         record = {"kind": "train", "step": self.state["step"], "epoch": self.state["epoch"],
@@ -243,6 +263,7 @@ class Trainer:
         decision = [None]
         if self.main:
             improved = due and self._record_evaluation()
+            ckpt.fault_point("eval", step)        # test hook: evaluated and logged, not yet saved
             self._save(best=improved)
             patience = cfg.early_stopping_patience
             decision = [{"stop": patience is not None and self.state["bad_evals"] >= patience,
@@ -273,11 +294,14 @@ class Trainer:
             return
         weights = trainable_state(self.model)
         root = self.run_dir / "checkpoints"
-        ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler)
+        # best before last: a kill in between resumes from the previous `last`, which redoes (and
+        # rewrites identically) this best; the other order could leave a state naming a best not on disk
         if best:
             ckpt.save_checkpoint(root / "best", weights, self.state)
             for name in self.adapter_names:
                 pl.save(self.model, self.run_dir / "adapter" / name, name=name)
+        ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler,
+                             self.config.train.keep_last)
 
     def run(self) -> dict | None:
         """Train, then evaluate the best checkpoint on validation and test; write results and report."""
@@ -308,10 +332,3 @@ class Trainer:
         write_report(self.run_dir, results)
         return results
 
-
-def _fault_injection(step: int) -> None:
-    """Test hook: `PEFTLAB_KILL_AT_STEP=N` kills the process (SIGKILL) right after step N, so the
-    resume test exercises a real crash rather than a polite exit."""
-    target = os.environ.get("PEFTLAB_KILL_AT_STEP")
-    if target and int(target) == step:
-        os.kill(os.getpid(), signal.SIGKILL)

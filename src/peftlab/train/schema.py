@@ -133,6 +133,7 @@ class TrainSection(Section):
     tensorboard: bool = True
     progress_bar: bool = True
     threads: int | None = None            # torch CPU threads per process; None: torch's default
+    keep_last: int = 1                    # "last" checkpoints kept (plus best); older ones as step-N
 
     def check(self):
         require(self.batch_size > 0 and self.eval_batch_size > 0, "train: batch sizes must be positive")
@@ -145,6 +146,7 @@ class TrainSection(Section):
         require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         require(self.eval_steps > 0 and self.log_steps > 0, "train: eval_steps and log_steps must be positive")
         require(self.threads is None or self.threads > 0, f"train.threads must be positive, got {self.threads}")
+        require(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")
         self.param_groups = tuple(ParamGroup.from_dict(g, f"train.param_groups[{i}]").to_dict()
                                   for i, g in enumerate(self.param_groups))
         for group in self.param_groups:
