@@ -15,6 +15,11 @@ embeddings and every mask, position and label tensor stays aligned:
 
 Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs (and from
 `generate()`'s) so the base model never sees them; the provider receives them.
+
+Rows routed to different adapters (`adapter_names=[...]`, a BatchSplit or ParallelBlock; see
+`compose.row_mask`) get each their own adapter's prompt: the first prompt adapter attached builds the
+prompted input of every row (each row group through its own providers, in the order the hooks would
+run), the other prompt hooks stand aside. All rows must end up with prompts of one length.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .errors import PeftlabError
 _TASK_IDS: contextvars.ContextVar = contextvars.ContextVar("peftlab_task_ids", default=None)
 _GENERATING: contextvars.ContextVar = contextvars.ContextVar("peftlab_generating", default=False)
 _GENERATE_WRAPPERS: dict[int, list] = {}   # id(model) -> [our generate, what was there before, users]
+_PROVIDERS = "_peftlab_prompt_providers"   # model.__dict__ key: {adapter name: provider}, in hook order
 
 
 class PromptProvider(nn.Module):
@@ -69,6 +75,8 @@ def install_prompt(target, provider: PromptProvider) -> None:
     """Hook the model so that `provider`'s prompt is prepended to every (encoder) input (journaled)."""
     check_length(target, provider.length)
     model, stacks = target.model, target.stacks()
+    _register_provider(target, provider)
+    _install_router(target)
     _install_task_ids(target)
     _install_generate_task_ids(target)
     if "encoder" in stacks and "decoder" in stacks:
@@ -80,6 +88,29 @@ def install_prompt(target, provider: PromptProvider) -> None:
         causal = "decoder" in stacks
         hook = _model_hook(target, provider, model.get_input_embeddings(), causal)
         target.add_hook(model.register_forward_pre_hook, hook, with_kwargs=True)
+
+
+def _register_provider(target, provider) -> None:
+    """Remember the model's prompt providers in hook order, for per-row routing (journaled)."""
+    model, name = target.model, target.name
+    registry = model.__dict__.setdefault(_PROVIDERS, {})
+    registry[name] = provider
+
+    def unregister():
+        registry.pop(name, None)
+        if not registry and model.__dict__.get(_PROVIDERS) is registry:
+            del model.__dict__[_PROVIDERS]
+
+    target.journal.record(unregister)
+
+
+def _install_router(target) -> None:
+    """The composition router's hooks must run before the prompt hooks (they set the per-row routing
+    the prompt hooks read), so install them now rather than when the adapter is activated."""
+    from . import compose
+    model, controller = target.model, target.controller
+    compose.install(model)
+    target.journal.record(lambda: None if controller.adapters else compose.uninstall(model))
 
 
 def _decoder_of(model) -> nn.Module:
@@ -120,14 +151,11 @@ def _install_generate_task_ids(target) -> None:
     """Let `model.generate(..., task_ids=ids)` work: transformers rejects kwargs its forward does not
     name, so an instance-level `generate` takes the ids out and holds them for the whole generation
     (the encoder call and every step). It is shared by the model's prompt adapters and sits on top of
-    the composition router's `generate` (installed first here), so the last adapter removes it cleanly."""
+    the composition router's `generate` (installed first, by `_install_router`), so the last adapter
+    removes it cleanly."""
     model = target.model
     if not callable(getattr(model, "generate", None)):
         return
-    from . import compose
-    compose.install(model)
-    controller = target.controller
-    target.journal.record(lambda: None if controller.adapters else compose.uninstall(model))
     entry = _GENERATE_WRAPPERS.get(id(model))
     if entry is None:
         wrapper = _generate_with_task_ids(model.generate)
@@ -171,24 +199,34 @@ def _first_input(args, kwargs, key="input_ids"):
     return args, kwargs
 
 
-def _prompted(provider, embeds, mask):
+def _rows_of(args, kwargs) -> int | None:
+    for key in ("input_ids", "inputs_embeds"):
+        if torch.is_tensor(kwargs.get(key)):
+            return kwargs[key].shape[0]
+    return args[0].shape[0] if args and torch.is_tensor(args[0]) else None
+
+
+def _prompted(provider, embeds, mask, task_ids=None):
     """(embeds with the prompt in front, mask extended) for real-token `embeds` and `mask` (or None)."""
     batch, n = embeds.shape[:2]
     real_mask = torch.ones(batch, n, dtype=torch.long, device=embeds.device) if mask is None else mask
-    prompt = provider(embeds, real_mask, current_task_ids()).to(embeds.dtype).expand(batch, -1, -1)
+    task_ids = current_task_ids() if task_ids is None else task_ids
+    prompt = provider(embeds, real_mask, task_ids).to(embeds.dtype).expand(batch, -1, -1)
     ones = torch.ones(batch, provider.length, dtype=real_mask.dtype, device=real_mask.device)
     return torch.cat([prompt, embeds], dim=1), torch.cat([ones, real_mask], dim=1)
 
 
 def _encoder_hook(target, provider, embed):
     def hook(module, args, kwargs):
-        if not is_active(target):
+        groups = routed_groups(target, _rows_of(args, kwargs))
+        if (groups is None and not is_active(target)) or groups == []:
             return None
         args, kwargs = _first_input(args, kwargs)
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
         embeds = embed(ids) if embeds is None else embeds
-        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompted(provider, embeds, kwargs.get("attention_mask"))
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompt_rows(provider, groups, embeds,
+                                                                         kwargs.get("attention_mask"))
         return args, kwargs
 
     return hook
@@ -199,7 +237,7 @@ def _cross_mask_hook(target, provider):
     (once, for all prompt adapters together, so stacked prompts stay aligned)."""
     def hook(module, args, kwargs):
         mask, states = kwargs.get("encoder_attention_mask"), kwargs.get("encoder_hidden_states")
-        if not is_active(target) or mask is None or states is None:
+        if mask is None or states is None or not (is_active(target) or _routed(target, states.shape[0])):
             return None
         missing = states.shape[1] - mask.shape[-1]
         if missing > 0:
@@ -212,18 +250,21 @@ def _cross_mask_hook(target, provider):
 
 def _model_hook(target, provider, embed, causal: bool):
     def hook(module, args, kwargs):
-        if not is_active(target):
+        groups = routed_groups(target, _rows_of(args, kwargs))
+        if (groups is None and not is_active(target)) or groups == []:
             return None
         args, kwargs = _first_input(args, kwargs)
+        length = provider.length if groups is None else sum(p.length for p in groups[0][0])
         cache = kwargs.get("past_key_values")
         if cache is not None and cache.get_seq_length() > 0:
-            _shift_for_cached_prompt(kwargs, provider.length)
+            _shift_for_cached_prompt(kwargs, length)
             return args, kwargs
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
         embeds = embed(ids) if embeds is None else embeds
-        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompted(provider, embeds, kwargs.get("attention_mask"))
-        _extend_side_inputs(kwargs, provider.length, causal)
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompt_rows(provider, groups, embeds,
+                                                                         kwargs.get("attention_mask"))
+        _extend_side_inputs(kwargs, length, causal)
         return args, kwargs
 
     return hook
@@ -249,3 +290,80 @@ def _extend_side_inputs(kwargs, m: int, causal: bool) -> None:
     labels = kwargs.get("labels")
     if causal and labels is not None and labels.dim() == 2:
         kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], m), -100), labels], dim=1)
+
+
+# --- per-row routing ------------------------------------------------------------------------------
+
+def _routed(target, n_rows) -> bool:
+    from .compose import row_mask
+    return n_rows is not None and row_mask(target.model, target.name, n_rows) is not None
+
+
+def routed_groups(target, n_rows):
+    """How this call's rows get their prompts when rows are routed (`compose.row_mask`):
+    None — not routed, the active set decides; [] — this hook adds nothing (another prompt hook builds
+    every row, or no row has a prompt adapter); else [(providers, rows)] per group of rows that share
+    their prompt adapters (in hook order), all giving prompts of one total length."""
+    from .compose import row_mask
+    if n_rows is None:
+        return None
+    model, registry = target.model, target.model.__dict__.get(_PROVIDERS, {})
+    if row_mask(model, target.name, n_rows) is None:
+        return None
+    if next(iter(registry), None) != target.name:
+        return []
+    masks = {name: row_mask(model, name, n_rows) for name in registry}
+    by_names: dict[tuple, list] = {}
+    for row in range(n_rows):
+        by_names.setdefault(tuple(n for n in registry if masks[n][row]), []).append(row)
+    if list(by_names) == [()]:
+        return []
+    _check_routed_prompts(by_names, registry)
+    return [(tuple(registry[n] for n in names), torch.tensor(rows)) for names, rows in by_names.items()]
+
+
+def _check_routed_prompts(by_names, registry) -> None:
+    label = lambda names: "+".join(names)   # noqa: E731
+    if () in by_names:
+        prompted = sorted({n for names in by_names for n in names})
+        raise PeftlabError(f"rows {by_names[()]} are routed to no prompt adapter while other rows use "
+                           f"{', '.join(map(repr, prompted))}: a batch whose rows carry prompts needs one on "
+                           f"every row (route those rows to a separate batch)")
+    lengths = {label(names): sum(registry[n].length for n in names) for names in by_names}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"'{name}' {length}" for name, length in lengths.items())
+        raise PeftlabError(f"prompt adapters routed in one batch have different lengths ({listed} tokens); "
+                           f"rows of one batch need prompts of one length")
+
+
+def _prompt_rows(provider, groups, embeds, mask):
+    """Prepend the prompt: `provider`'s for every row (groups None), or each row group's own prompts,
+    applied one after the other as their hooks would, then put back in row order."""
+    if groups is None:
+        return _prompted(provider, embeds, mask)
+    n = embeds.shape[0]
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if mask is None else mask
+    task_ids = _task_ids_per_row(current_task_ids(), n)
+    outs, masks = [], []
+    for providers, rows in groups:
+        e, m = embeds.index_select(0, rows.to(embeds.device)), mask.index_select(0, rows.to(mask.device))
+        ids = None if task_ids is None else task_ids.index_select(0, rows.to(task_ids.device))
+        for each in providers:
+            e, m = _prompted(each, e, m, ids)
+        outs.append(e)
+        masks.append(m)
+    inverse = torch.argsort(torch.cat([rows for _, rows in groups]))
+    return torch.cat(outs).index_select(0, inverse.to(embeds.device)), \
+        torch.cat(masks).index_select(0, inverse.to(mask.device))
+
+
+def _task_ids_per_row(task_ids, n_rows):
+    """`task_ids` as one id per row (generate() repeats each row for beams), or None."""
+    if task_ids is None:
+        return None
+    ids = torch.as_tensor(task_ids).long().reshape(-1)
+    if ids.numel() and ids.numel() != n_rows and n_rows % ids.numel() == 0:
+        ids = ids.repeat_interleave(n_rows // ids.numel())
+    if ids.numel() != n_rows:
+        raise PeftlabError(f"task_ids {ids.tolist()} must give one index per row of a batch of {n_rows}")
+    return ids
