@@ -189,3 +189,26 @@ def test_detach_forgets_the_prompt_and_the_next_adapter_builds_the_rows():
     for name in ("b", "c"):
         pl.detach(model, name)
     assert "_peftlab_prompt_providers" not in model.__dict__
+
+
+def test_multi_task_attempt_rows_keep_their_task_ids_when_routed(tmp_path):
+    """ATTEMPT reads each row's task id: routed rows must take theirs along (interleaved rows)."""
+    paths = []
+    for seed in range(2):
+        source = tiny_model("gpt2")
+        pl.attach(source, pl.PromptTuning(length=4, seed=seed), "p")
+        paths.append(str(pl.save(source, tmp_path / f"source{seed}")))
+    model = tiny_model("gpt2")
+    pl.attach(model, pl.PromptTuning(length=4, seed=7), "p")
+    pl.attach(model, pl.Attempt(sources=paths, tasks=("x", "y"), attn_hidden=8), "att")
+    with torch.no_grad():
+        model.peftlab_adapters["att"].prompt.targets.add_(torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(3)))
+    batch, task_ids = _inputs("gpt2", batch=4), torch.tensor([1, 0, 0, 1])
+    single = {}
+    for name in ("p", "att"):
+        pl.activate(model, name)
+        single[name] = _outputs(model, batch, task_ids=task_ids)
+    names = ["att", "p", "att", "p"]
+    _assert_rows(_outputs(model, batch, adapter_names=names, task_ids=task_ids), single, names)
+    other = _outputs(model, batch, adapter_names=names, task_ids=1 - task_ids)
+    assert not torch.allclose(other[0], single["att"][0], atol=1e-3)   # the task id does change the row
