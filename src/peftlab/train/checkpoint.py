@@ -48,7 +48,7 @@ def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None,
     tmp.rename(directory)
     _sync(directory.parent)
     if old.exists():
-        _retire(old, keep_last)
+        _retire(old, keep_last, int(state.get("step", 0)))
 
 
 def _sibling(directory: Path, suffix: str) -> Path:
@@ -67,12 +67,13 @@ def _sync(folder: Path) -> None:
             os.close(fd)
 
 
-def _retire(old: Path, keep_last: int) -> None:
-    """The replaced checkpoint: removed, or kept as `step-N` (rotating out the oldest)."""
-    if keep_last <= 1:
+def _retire(old: Path, keep_last: int, new_step: int) -> None:
+    """The replaced checkpoint: removed, or kept as `step-N` (rotating out the oldest). One of the
+    same step as its replacement (the run's final save after its final evaluation) is a duplicate."""
+    step = json.loads((old / STATE).read_text())["step"] if (old / STATE).exists() else new_step
+    if keep_last <= 1 or step == new_step:
         shutil.rmtree(old)
         return
-    step = json.loads((old / STATE).read_text())["step"]
     kept = old.parent / f"step-{step}"
     shutil.rmtree(kept, ignore_errors=True)
     old.rename(kept)
