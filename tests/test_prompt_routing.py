@@ -201,8 +201,9 @@ def test_multi_task_attempt_rows_keep_their_task_ids_when_routed(tmp_path):
     model = tiny_model("gpt2")
     pl.attach(model, pl.PromptTuning(length=4, seed=7), "p")
     pl.attach(model, pl.Attempt(sources=paths, tasks=("x", "y"), attn_hidden=8), "att")
+    noise = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        model.peftlab_adapters["att"].prompt.targets.add_(torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(3)))
+        model.peftlab_adapters["att"].prompt.targets.add_(noise)   # the two tasks' prompts now differ
     batch, task_ids = _inputs("gpt2", batch=4), torch.tensor([1, 0, 0, 1])
     single = {}
     for name in ("p", "att"):
