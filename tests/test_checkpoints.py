@@ -129,16 +129,17 @@ def test_keep_last_below_one_is_refused(tmp_path):
 def test_a_damaged_checkpoint_file_is_an_error_naming_it(tmp_path, damage):
     root = tmp_path / "checkpoints"
     _save(root, 4)
-    for name in ("trainable.safetensors", "optimizer.pt"):
+    readers = {"trainable.safetensors": lambda: ckpt.load_weights(torch.nn.Linear(3, 2), root / "last"),
+               "optimizer.pt": lambda: ckpt.load_training_state(root / "last", *_optimizer()[1:]),
+               "trainer_state.json": lambda: ckpt.load_state(root / "last")}
+    for name, read in readers.items():
         path = root / "last" / name
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 16 + data[16:])
         with pytest.raises(PeftlabError, match=name.replace(".", r"\.")):
-            if name == "optimizer.pt":
-                ckpt.load_training_state(root / "last", *_optimizer()[1:])
-            else:
-                ckpt.load_weights(torch.nn.Linear(3, 2), root / "last")
+            read()
         path.write_bytes(data)
+        read()                                  # restored: reads again
 
 
 def test_a_non_finite_gradient_stops_naming_step_parameter_and_group_and_keeps_the_last_good(tmp_path, monkeypatch):
