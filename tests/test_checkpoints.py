@@ -142,7 +142,8 @@ def test_a_damaged_checkpoint_file_is_an_error_naming_it(tmp_path, damage):
         read()                                  # restored: reads again
 
 
-def test_a_non_finite_gradient_stops_naming_step_parameter_and_group_and_keeps_the_last_good(tmp_path, monkeypatch):
+def test_a_non_finite_gradient_stops_naming_step_parameter_and_group_keeping_the_last_good(
+        tmp_path, monkeypatch):
     config = tiny_run_config(tmp_path, train={"epochs": 1, "batch_size": 4, "eval_steps": 2})
     trainer = Trainer(RunConfig.from_dict(config))
     name, param = next((n, p) for n, p in trainer.model.named_parameters() if p.requires_grad)
