@@ -22,7 +22,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp, where: str):
+def coerce(value: Any, tp, where: str):
     """Return `value` checked against the annotation `tp` (lists become tuples); raise on mismatch."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -35,7 +35,7 @@ def _coerce(value: Any, tp, where: str):
         nested = None
         for option in args:
             try:
-                return _coerce(value, option, where)
+                return coerce(value, option, where)
             except PeftlabError as err:
                 if isinstance(value, dict) and isinstance(option, type) and issubclass(option, MethodConfig):
                     nested = err   # the nested config's own message says more than "does not fit"
@@ -50,7 +50,7 @@ def _coerce(value: Any, tp, where: str):
         if not isinstance(value, (list, tuple)):
             raise PeftlabError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
-        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise PeftlabError(f"{where}: expected a mapping, got {value!r}")
@@ -104,7 +104,7 @@ class MethodConfig:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             where = f"{type(self).__name__}.{field.name}"
-            setattr(self, field.name, _coerce(getattr(self, field.name), hints[field.name], where))
+            setattr(self, field.name, coerce(getattr(self, field.name), hints[field.name], where))
         self.validate()
 
     def validate(self) -> None:

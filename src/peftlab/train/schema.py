@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import _coerce, closest
+from ..config import closest, coerce
 from ..errors import PeftlabError
 
 
@@ -32,7 +32,7 @@ class Section:
             if isinstance(tp, type) and issubclass(tp, Section) and isinstance(value, dict):
                 value = tp.from_dict(value, f"{self._where()}.{f.name}" if self._where() else f.name)
             elif not (isinstance(tp, type) and issubclass(tp, Section)):
-                value = _coerce(value, tp, f"{self._where()}.{f.name}".lstrip("."))
+                value = coerce(value, tp, f"{self._where()}.{f.name}".lstrip("."))
             setattr(self, f.name, value)
         self.check()
 
