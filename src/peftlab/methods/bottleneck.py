@@ -115,7 +115,9 @@ class BottleneckNet(nn.Module):
         y = self.up(self.act(self.down(x)))
         if self.ln_after is not None:
             y = self.ln_after(y)
-        return y * (self.scale if self.scale is not None else self.fixed_scale)
+        if self.scale is not None:
+            return y * self.scale
+        return y if self.fixed_scale == 1.0 else y * self.fixed_scale   # skip a no-op pass over activations
 
 
 class DropSchedule:
