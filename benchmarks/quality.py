@@ -58,7 +58,8 @@ E2E_METHODS = {   # ≈ 1.6 % of SmolLM2-135M, matched as in the kernel-adapters
     "Pfeiffer": ({"method": "pfeiffer", "reduction_factor": 4.0}, 1e-3),
 }
 MODES = {
-    "quick": dict(train=400, eval=200, epochs=1.0, seeds=[42], e2e_train=200, e2e_eval=30, e2e_steps=40),
+    "quick": dict(train=300, eval=100, epochs=1.0, seeds=[42], e2e_train=200, e2e_eval=20, e2e_steps=30,
+                  tasks=["sst2", "mrpc", "rte"]),
     "full": dict(train=None, eval=None, epochs=3.0, seeds=[42, 43, 44], e2e_train=5000, e2e_eval=None,
                  e2e_steps=2000),
 }
@@ -150,7 +151,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--part", choices=["all", "glue", "e2e"], default="all")
     parser.add_argument("--methods", nargs="*", default=list(GLUE_METHODS))
-    parser.add_argument("--tasks", nargs="*", default=GLUE, choices=GLUE)
+    parser.add_argument("--tasks", nargs="*", choices=GLUE, help="default: all five (quick: sst2 mrpc rte)")
     parser.add_argument("--no-transfer", action="store_true", help="skip SPoT and ATTEMPT (and their sources)")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality"))
@@ -159,7 +160,8 @@ def main(argv=None):
     mode = MODES[mode_name]
     start = time.time()
     work = Path(args.work)
-    glue_table = (glue(mode, args.data_dir, work, args.methods, args.tasks, not args.no_transfer)
+    tasks = args.tasks or mode.get("tasks", GLUE)
+    glue_table = (glue(mode, args.data_dir, work, args.methods, tasks, not args.no_transfer)
                   if args.part in ("all", "glue") else {})
     e2e_table = e2e(mode, args.data_dir, work) if args.part in ("all", "e2e") else {}
     import platform
