@@ -66,24 +66,34 @@ class Slot(nn.Module):
         if not parts:
             return self.base_layer(*args, **kwargs)
         x = _first_input(args, kwargs)
-        for part in parts:
-            if part.role == "tap":
-                part(x)
-        x_in = x
-        for part in parts:
-            if part.role == "input":
-                x_in = part(x_in)
+        x_in = run_pre(parts, x)
         if x_in is not x:
             args, kwargs = _replace_first_input(args, kwargs, x_in)
         out = self.base_layer(*args, **kwargs)
-        h = out[0] if isinstance(out, tuple) else out
-        for part in parts:
-            if part.role == "add":
-                h = h + part(x_in)
-        for part in parts:
-            if part.role == "output":
-                h = part(h)
+        h = run_post(parts, x_in, out[0] if isinstance(out, tuple) else out)
         return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def run_pre(parts, x):
+    """The module's input: taps see it, then input parts change it, in order."""
+    for part in parts:
+        if part.role == "tap":
+            part(x)
+    for part in parts:
+        if part.role == "input":
+            x = part(x)
+    return x
+
+
+def run_post(parts, x_in, h):
+    """The module's output: additive parts add f(x_in), then output parts map h -> h', in order."""
+    for part in parts:
+        if part.role == "add":
+            h = h + part(x_in)
+    for part in parts:
+        if part.role == "output":
+            h = part(h)
+    return h
 
 
 class Part(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PeftlabError
-from ..surgery import _first_input, _replace_first_input
+from ..surgery import _first_input, _replace_first_input, run_post, run_pre
 from . import routing
 from .blocks import BatchSplit, Block, ParallelBlock, Stack, _Mixing
 
@@ -39,25 +39,11 @@ def live(slot, name) -> list:
 
 
 def _names_pre(slot, names, x):
-    parts = [p for n in names for p in live(slot, n)]
-    for p in parts:
-        if p.role == "tap":
-            p(x)
-    for p in parts:
-        if p.role == "input":
-            x = p(x)
-    return x
+    return run_pre([p for n in names for p in live(slot, n)], x)
 
 
 def _names_post(slot, names, x_in, h):
-    parts = [p for n in names for p in live(slot, n)]
-    for p in parts:
-        if p.role == "add":
-            h = h + p(x_in)
-    for p in parts:
-        if p.role == "output":
-            h = p(h)
-    return h
+    return run_post([p for n in names for p in live(slot, n)], x_in, h)
 
 
 def pre(block, slot, x):
