@@ -17,6 +17,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..config import LayeredConfig, check
+from ..ops.residual_bottleneck import residual_bottleneck
 from ..registry import register_method
 from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
@@ -92,6 +93,8 @@ class BottleneckNet(nn.Module):
         self.ln_after = nn.LayerNorm(d) if ln_after else None
         self.scale = nn.Parameter(torch.ones(1)) if scaling == "learned" else None
         self.fixed_scale = 1.0 if scaling == "learned" else float(scaling)
+        self.fusable = not (ln_before or ln_after or self.scale is not None) and all(
+            _in_out_weight(layer) is not None for layer in (self.down, self.up))
         if linear is not None:
             pass                      # the factory's modules chose their own initialization
         elif init == "near_identity":   # Compacter: N(0, 1e-2) weights, zero biases
@@ -118,6 +121,22 @@ class BottleneckNet(nn.Module):
         if self.scale is not None:
             return y * self.scale
         return y if self.fixed_scale == 1.0 else y * self.fixed_scale   # skip a no-op pass over activations
+
+    def residual(self, h):
+        """h + branch(h), as one fused autograd node where the net allows it (ops/residual_bottleneck)."""
+        if self.fusable and h.dtype == self.dtype and not torch.is_autocast_enabled(h.device.type):
+            return residual_bottleneck(h, _in_out_weight(self.down)(), self.down.bias, _in_out_weight(self.up)(),
+                                       self.up.bias, self.act, self.fixed_scale)
+        return h + self.branch(h)
+
+
+def _in_out_weight(layer):
+    """A callable giving the (in x out) weight of a projection with a bias, or None if it has none."""
+    if getattr(layer, "bias", None) is None:
+        return None
+    if isinstance(layer, nn.Linear):
+        return layer.weight.t
+    return getattr(layer, "phm_weight", None)
 
 
 class DropSchedule:
@@ -148,6 +167,8 @@ class SerialAdapter(_Dropping):
         self.net, self.residual_before_ln, self.schedule = net, residual_before_ln, schedule
 
     def forward(self, h):
+        if self.net.ln_before is None and h.dtype == self.net.dtype:
+            return self.net.residual(h)
         x = self.net.normed(h.to(self.net.dtype))
         residual = h if self.residual_before_ln else x.to(h.dtype)
         return residual + self.net.branch(x).to(h.dtype)

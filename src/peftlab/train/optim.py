@@ -43,8 +43,22 @@ def _split_decay(named, lr, decay, label) -> list[dict]:
             {"params": exempt, "lr": lr, "weight_decay": 0.0, "name": f"{label} (no decay)"}]
 
 
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def adamw(params, lr: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where torch supports it (CPU or CUDA, float parameters).
+
+    PEFT methods train many small tensors (Compacter on T5-small: 177); the per-tensor loop of the
+    default implementation costs several times the fused step, which shows in the train-step time."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fusable = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in tensors)
+    return torch.optim.AdamW(groups, lr=lr, fused=True if fusable else None, **kwargs)
+
+
 def build_optimizer(model, train: TrainSection, total_steps: int):
-    optimizer = torch.optim.AdamW(param_groups(model, train), lr=train.learning_rate)
+    optimizer = adamw(param_groups(model, train), lr=train.learning_rate)
     warmup = train.warmup_steps or int(train.warmup_ratio * total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
     return optimizer, scheduler
