@@ -31,7 +31,7 @@ from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import BottleneckNet, Parallel, Pfeiffer, build_bottleneck
 from .inducer import build_side_lora, check_nested_switches
-from .kernel import attention_sites as projection_sites
+from .head_geometry import attention_sites as projection_sites
 from .lora import LoRA
 from .prefix import PrefixExtension, PrefixParameters, PrefixTuning, _position_shift, _relative_bias_source, \
     build_prefix

@@ -34,7 +34,7 @@ from ..registry import register_method
 from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import Parallel, build_bottleneck
-from .kernel import attention_sites as projection_sites, projection_segments, truncated_normal_
+from .head_geometry import attention_sites as projection_sites, projection_segments, truncated_normal_
 from .lora import LoRA, LoRAPart, build_lora, lora_sites
 
 

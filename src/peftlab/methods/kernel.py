@@ -28,80 +28,7 @@ from ..errors import PeftlabError
 from ..registry import register_method
 from ..surgery import Part
 from ..targeting import LayerSelection, feature_dims
-
-
-# --- attention geometry, shared by the kernel methods and the inducer ----------------------------
-
-def head_counts(target) -> tuple[int, int]:
-    """(query heads, key/value heads) from the model config; raise when unknown or inconsistent."""
-    config = target.hf_config
-    heads = getattr(config, "num_attention_heads", None)
-    check(isinstance(heads, int) and heads > 0,
-          f"{type(target.model).__name__}: cannot tell the number of attention heads (got {heads!r})")
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    check(isinstance(kv_heads, int) and heads % kv_heads == 0,
-          f"num_key_value_heads={kv_heads!r} does not divide num_attention_heads={heads}")
-    return heads, kv_heads
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One projection's output inside a (possibly fused) module: channels [start, start + heads*head_dim)."""
-
-    start: int
-    heads: int
-    head_dim: int
-
-    @property
-    def width(self) -> int:
-        return self.heads * self.head_dim
-
-    def take(self, h: torch.Tensor) -> torch.Tensor:
-        """The segment of `h` as (..., heads, head_dim)."""
-        return h[..., self.start:self.start + self.width].unflatten(-1, (self.heads, self.head_dim))
-
-    def put(self, h: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """`h` with this segment replaced by `new` (..., heads, head_dim); out of place."""
-        end = self.start + self.width
-        return torch.cat([h[..., :self.start], new.flatten(-2).to(h.dtype), h[..., end:]], dim=-1)
-
-    def add(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """`h` with the flat `delta` added to this segment; out of place."""
-        end = self.start + self.width
-        return torch.cat([h[..., :self.start], h[..., self.start:end] + delta.to(h.dtype), h[..., end:]], dim=-1)
-
-
-def _split(width: int, heads: int, path: str, method: str) -> int:
-    if heads <= 0 or width % heads:
-        raise PeftlabError(f"{method}: {heads} attention heads do not divide the {width} features of {path}")
-    return width // heads
-
-
-def projection_segments(target, site, kinds: str, method: str) -> dict[str, Segment]:
-    """Where the q / k / v outputs (`kinds`, e.g. "qk") sit in the module at `site`."""
-    dims = feature_dims(target.module(site.path))
-    check(dims is not None, f"{method} cannot act on {site.path}: it is not a linear projection")
-    heads, kv_heads = head_counts(target)
-    counts = {"q": heads, "k": kv_heads, "v": kv_heads}
-    if site.slot == "attn.qkv":   # fused q, k, v of equal width (GPT-2)
-        width = dims[1] // 3
-        check(width * 3 == dims[1], f"{method}: fused projection {site.path} has {dims[1]} outputs, not 3 x d")
-        return {kind: Segment(i * width, counts[kind], _split(width, counts[kind], site.path, method))
-                for i, kind in enumerate("qkv") if kind in kinds}
-    kind = site.slot[-1]
-    return {kind: Segment(0, counts[kind], _split(dims[1], counts[kind], site.path, method))}
-
-
-def attention_sites(target, kinds: str, selection: LayerSelection) -> list:
-    """Sites of the self-attention projections named by `kinds` ("q", "k", "v"); the fused one once."""
-    if target.layout.attention.get("fused_qkv"):
-        return target.sites("attn.qkv", selection)
-    return [site for kind in kinds for site in target.sites(f"attn.{kind}", selection)]
-
-
-def truncated_normal_(tensor: torch.Tensor, std: float = 0.01) -> torch.Tensor:
-    """N(0, std^2) truncated at two standard deviations (the kernel-adapters papers' init)."""
-    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+from .head_geometry import Segment, attention_sites, head_counts, projection_segments, split_heads, truncated_normal_
 
 
 # --- KernelAdapter ---------------------------------------------------------------------------------
@@ -394,7 +321,7 @@ def build_kernel_mix(target, *, r_q, r_v, r_o, shared_r_q, shared_r_v, shared_r_
         heads, _ = head_counts(target)
         for site in target.sites("attn.o", selection):
             d_in, d_out = feature_dims(target.module(site.path))
-            head_dim = _split(d_in, heads, site.path, "KernelMix")
+            head_dim = split_heads(d_in, heads, site.path, "KernelMix")
             target.place(site, OutputMix(heads, head_dim, d_out, r_o, shared_r_o, alpha, init, dropout))
 
 
