@@ -1,10 +1,18 @@
 """Runs inside benchmarks/.venv-adapters (AdapterHub `adapters` + transformers 4.57): times AdapterHub's
-methods and its own frozen-backbone floor on a peftlab preset's shape, prints JSON medians (seconds).
-Self-contained on purpose: peftlab needs transformers 5.x and cannot be imported here."""
+methods and its own frozen-backbone floor on a peftlab preset's shape, or measures one variant's peak
+training memory, and prints JSON. Self-contained on purpose: peftlab needs transformers 5.x and cannot
+be imported here, so the floor, the batch, the optimizer (fused AdamW) and the memory measure are
+copies of benchmarks/common.py's and benchmarks/memory.py's definitions.
+
+    python adapterhub_worker.py --config-json t5-small.json                 # timing, all methods
+    python adapterhub_worker.py --config-json t5-small.json --memory floor lora   # peak memory, forked
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -20,6 +28,7 @@ CONFIGS = {
     "compacter": lambda: adapters.CompacterConfig(reduction_factor=32),
     "compacter++": lambda: adapters.CompacterPlusPlusConfig(reduction_factor=32),
     "lora": lambda: adapters.LoRAConfig(r=8, alpha=16),
+    "ia3": lambda: adapters.IA3Config(),
     "prefix_tuning": lambda: adapters.PrefixTuningConfig(prefix_length=30),
 }
 
@@ -47,56 +56,135 @@ def batch_for(model, batch_size, seq_len):
 
 
 def time_steps(model, batch, steps):
+    """`steps` step times after one warm-up step (as common.train_step_timer)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)   # as peftlab.train.optim.adamw on CPU/CUDA
     out = []
     for i in range(steps + 1):
+        _sync()
         start = time.perf_counter()
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        _sync()
         if i:
             out.append(time.perf_counter() - start)
     return out
 
 
-def floor_steps(model, batch, steps):
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def with_floor(model, run):
+    """Everything frozen except one scalar scaling the input embeddings (T5 4.57 shares one module)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    scale = nn.Parameter(torch.ones(()))
+    scale = nn.Parameter(torch.ones((), device=next(model.parameters()).device))
     handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: o * scale)
     model.register_parameter("_floor_scale", scale)
     try:
-        return time_steps(model, batch, steps)
+        return run()
     finally:
         handle.remove()
         del model._parameters["_floor_scale"]
+
+
+def timing(model, batch, names, reps, steps) -> dict:
+    times = {"adapterhub:floor": []}
+    for name in names:
+        model.add_adapter(name, config=CONFIGS[name]())
+        times[f"adapterhub:{name}"] = []
+    for _ in range(reps):
+        times["adapterhub:floor"] += with_floor(model, lambda: time_steps(model, batch, steps))
+        for name in names:
+            model.train_adapter(name)
+            times[f"adapterhub:{name}"] += time_steps(model, batch, steps)
+            model.set_active_adapters(None)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- peak memory: the definition in benchmarks/memory.py, copied ----------------------------------
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+def start_peak() -> int:
+    """Starts a fresh peak window; returns the baseline (bytes) it is measured from."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")         # resets VmHWM (peak RSS) to the current RSS
+    return 1024 * _rss_kib("VmRSS")
+
+
+def peak_since(baseline: int) -> int:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - baseline
+    return 1024 * _rss_kib("VmHWM") - baseline
+
+
+def peak_of(model, batch, name, steps) -> int:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    baseline = start_peak()
+    if name == "floor":
+        with_floor(model, lambda: time_steps(model, batch, steps - 1))
+    else:
+        model.add_adapter(name, config=CONFIGS[name]())
+        model.train_adapter(name)
+        time_steps(model, batch, steps - 1)
+    return peak_since(baseline)
+
+
+def in_fork(measure_once, *args):
+    """measure_once(*args) in a forked child (as benchmarks/memory.py): a fresh peak per variant."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            result = json.dumps(measure_once(*args))
+        except Exception as err:
+            result = json.dumps(f"{type(err).__name__}: {err}")
+        os.write(write_end, result.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = json.loads(pipe.read() or "null")
+    os.waitpid(pid, 0)
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--methods", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--memory", nargs="*", help="measure these variants' peak memory (methods or 'floor')")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build(json.load(open(args.config_json))).train()
     adapters.init(model)
     batch = batch_for(model, args.batch_size, args.seq_len)
-    times = {"adapterhub:floor": []}
-    for name in args.methods:
-        model.add_adapter(name, config=CONFIGS[name]())
-        times[f"adapterhub:{name}"] = []
-    for _ in range(args.reps):
-        times["adapterhub:floor"] += floor_steps(model, batch, args.steps)
-        for name in args.methods:
-            model.train_adapter(name)
-            times[f"adapterhub:{name}"] += time_steps(model, batch, args.steps)
-            model.set_active_adapters(None)
-    json.dump({k: statistics.median(v) for k, v in times.items()}, sys.stdout)
+    if args.memory:
+        out = {f"adapterhub:{name}": in_fork(peak_of, model, batch, name, args.steps) for name in args.memory}
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        out = timing(model, {k: v.to(device) for k, v in batch.items()}, args.methods, args.reps, args.steps)
+    json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":
