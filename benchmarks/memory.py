@@ -143,7 +143,7 @@ def measure_all(shape: str, variants, batch_size: int, seq_len: int, steps: int 
     if theirs:
         _run_json([speed.adapterhub_python(), str(HERE / "peers" / "adapterhub_worker.py"), "--config-json",
                    str(speed.config_file(shape)), "--memory", *[v.removeprefix("adapterhub:") for v in theirs],
-                   *size], theirs, report)
+                   "--compacter-reduction-factor", str(speed.compacter_reduction(speed.hidden_size(shape))), *size], theirs, report)
     return out
 
 

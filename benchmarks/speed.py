@@ -68,6 +68,20 @@ def config_file(shape: str) -> Path:
     return path / "config.json" if path.is_dir() else Path(pl.__file__).parent / "presets" / f"{shape}.json"
 
 
+def compacter_reduction(hidden: int) -> float:
+    """32 (the paper's k = d / 32) unless phm_dim 4 does not divide d / 32 (SmolLM2: d = 576, k = 18);
+    then the nearest k that it divides (16 there). Both sides of a comparison use the same."""
+    k = hidden // 32
+    return 32.0 if k % 4 == 0 else hidden / (4 * max(1, round(k / 4)))
+
+
+def method_spec(name: str, model) -> dict:
+    spec = dict(METHODS[name])
+    if name in ("compacter", "compacter++"):
+        spec["reduction_factor"] = compacter_reduction(model.config.hidden_size)
+    return spec
+
+
 def all_variants(model, names) -> dict:
     """name -> ctx(model) for common.interleaved_medians, for the names that run in this process."""
     out = {"floor": common.floor, "full": common.full_finetune, "floor@+prompt": common.floor}
@@ -79,14 +93,18 @@ def all_variants(model, names) -> dict:
     return out
 
 
+SKIPPED: dict[str, str] = {}    # variant -> why it did not run on the current shape
+
+
 def _attachable(model, name: str):
     """The method's config, or None (with the reason printed) when it does not fit this shape."""
-    config = pl.config_from_dict({**METHODS[name], "train_head": False})
+    config = pl.config_from_dict({**method_spec(name, model), "train_head": False})
     try:
         with common.peftlab_method(model, config):
             return config
     except PeftlabError as err:
         print(f"  skip {name}: {err}", file=sys.stderr)
+        SKIPPED[name] = str(err)
         return None
 
 
@@ -115,12 +133,23 @@ def time_adapterhub(shape: str, names, batch_size: int, seq_len: int, reps: int,
     out = subprocess.run([adapterhub_python(), str(HERE / "peers" / "adapterhub_worker.py"), "--config-json",
                           str(config_file(shape)), "--batch-size", str(batch_size), "--seq-len", str(seq_len),
                           "--reps", str(reps), "--steps", str(steps), "--threads", str(torch.get_num_threads()),
+                          "--compacter-reduction-factor", str(compacter_reduction(hidden_size(shape))),
                           "--methods", *methods], check=True, capture_output=True, text=True)
+    for line in out.stderr.splitlines():
+        if line.startswith("skip "):
+            name, _, why = line.removeprefix("skip ").partition(": ")
+            SKIPPED[name] = why
     return json.loads(out.stdout)
+
+
+def hidden_size(shape: str) -> int:
+    from peftlab.models import load_config
+    return load_config(shape).hidden_size
 
 
 def run_shape(shape: str, names, args) -> dict:
     import memory
+    SKIPPED.clear()
     size = dict(batch_size=args.batch_size, seq_len=args.seq_len)
     started = time.perf_counter()
     medians = time_in_process(shape, names, reps=args.reps, steps=args.steps, **size)
@@ -129,11 +158,14 @@ def run_shape(shape: str, names, args) -> dict:
     peaks = {}
     if not args.no_memory:
         wanted = [n for n in names if n in MEMORY]
+        wanted = ["floor"] * ("floor" not in wanted) + wanted      # every ratio needs its own floor
+        if any(n.startswith("adapterhub:") for n in wanted) and "adapterhub:floor" not in wanted:
+            wanted.append("adapterhub:floor")
         bar = tqdm(total=len(wanted), desc=f"{shape} memory", unit="process")
         peaks = memory.measure_all(shape, wanted, threads=torch.get_num_threads(), progress=lambda _: bar.update(),
                                    **size)
         bar.close()
-    return {"step_s": medians, "peak_bytes": peaks,
+    return {"step_s": medians, "peak_bytes": peaks, "skipped": dict(SKIPPED),
             "wall_s": {"timing": round(timed), "memory": round(time.perf_counter() - started - timed)}}
 
 

@@ -48,7 +48,7 @@ def shape_table(shape: str, result: dict) -> list[str]:
     lines = [f"## {shape}", "",
              f"batch {meta['batch_size']} x {meta['seq_len']} tokens; median of {meta['reps']} interleaved blocks x "
              f"{meta['steps']} steps per variant; {meta['machine']}; timing {result['wall_s']['timing']} s, "
-             f"memory {result['wall_s']['memory']} s of wall time.", "",
+             f"memory {result['wall_s']['memory']} s of wall time. Command: `{meta['command']}`.", "",
              "Floors (ms / step): " + ", ".join(f"{k} {1000 * steps[k]:.0f}" for k in
                                                  ("floor", "floor@+prompt", "adapterhub:floor", "full") if k in steps)
              + (f". Full fine-tuning = {steps['full'] / steps['floor']:.2f} x floor." if "full" in steps else "."), "",
@@ -64,6 +64,8 @@ def shape_table(shape: str, result: dict) -> list[str]:
             f"| {_fmt(ratio('peft:' + method, steps))} | {_fmt(ratio('adapterhub:' + method, steps))} "
             f"| {_fmt(ours / full if ours and full else None)} | {_mem(method, peaks)} "
             f"| {_mem('peft:' + method, peaks)} | {_mem('adapterhub:' + method, peaks)} |")
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"| {name} | not run: {why[:120]} | | | | | | | |")
     if "full" in peaks and "floor" in peaks:
         lines.append(f"| *full fine-tuning* | {_fmt(full and 1000 * full, '.0f')} | {_fmt(ratio('full', steps))} "
                      f"| | | 1.000 | {_mem('full', peaks)} | | |")
