@@ -53,13 +53,18 @@ PEFT = ("peft:lora", "peft:ia3", "peft:prompt_tuning", "peft:prefix_tuning")
 ADAPTERHUB = ("adapterhub:floor", "adapterhub:houlsby", "adapterhub:pfeiffer", "adapterhub:compacter",
               "adapterhub:compacter++", "adapterhub:lora", "adapterhub:ia3", "adapterhub:prefix_tuning")
 EVERYTHING = (*BASES, *[m for m in METHODS if m != "intrinsic_said"], *PEFT, *ADAPTERHUB)
-# The methods with a peer, plus BitFit: what the larger shapes get when the run must fit a time budget.
-CORE = (*BASES, "houlsby", "pfeiffer", "compacter", "compacter++", "lora", "ia3", "bitfit", "prompt_tuning",
-        "prefix_tuning", *PEFT, *ADAPTERHUB)
-PLANS = {"t5-small": EVERYTHING, "t5-base": EVERYTHING, "bert-base-uncased": CORE, "gpt2": CORE,
-         "smollm2-135m": CORE}
+# What the larger shapes get so that the whole run fits about 45 minutes on one CPU thread: the adapter
+# family's main members and the low-rank methods, each with its peers, plus BitFit and prompt tuning.
+CORE = (*BASES, "houlsby", "compacter++", "lora", "ia3", "bitfit", "prompt_tuning", "peft:lora", "peft:ia3",
+        "peft:prompt_tuning", "adapterhub:floor", "adapterhub:houlsby", "adapterhub:compacter++", "adapterhub:lora",
+        "adapterhub:ia3")
 MEMORY = ("floor", "full", "floor@+prompt", "houlsby", "pfeiffer", "compacter", "compacter++", "lora", "ia3",
           "bitfit", "prompt_tuning", "prefix_tuning", *PEFT, *ADAPTERHUB)
+MEMORY_CORE = ("floor", "full", "houlsby", "lora", "ia3", "peft:lora", "peft:ia3", "adapterhub:floor",
+               "adapterhub:houlsby", "adapterhub:lora", "adapterhub:ia3")
+# shape -> (timed variants, variants whose peak memory is measured)
+PLANS = {"t5-small": (EVERYTHING, MEMORY), "t5-base": (EVERYTHING, MEMORY), "bert-base-uncased": (CORE, MEMORY_CORE),
+         "gpt2": (CORE, MEMORY_CORE), "smollm2-135m": (CORE, MEMORY_CORE)}
 
 
 def config_file(shape: str) -> Path:
@@ -147,7 +152,7 @@ def hidden_size(shape: str) -> int:
     return load_config(shape).hidden_size
 
 
-def run_shape(shape: str, names, args) -> dict:
+def run_shape(shape: str, names, memory_names, args) -> dict:
     import memory
     SKIPPED.clear()
     size = dict(batch_size=args.batch_size, seq_len=args.seq_len)
@@ -157,7 +162,7 @@ def run_shape(shape: str, names, args) -> dict:
     timed = time.perf_counter() - started
     peaks = {}
     if not args.no_memory:
-        wanted = [n for n in names if n in MEMORY]
+        wanted = [n for n in names if n in memory_names]
         wanted = ["floor"] * ("floor" not in wanted) + wanted      # every ratio needs its own floor
         if any(n.startswith("adapterhub:") for n in wanted) and "adapterhub:floor" not in wanted:
             wanted.append("adapterhub:floor")
@@ -198,8 +203,8 @@ def main(argv=None):
             "batch_size": args.batch_size, "seq_len": args.seq_len, "reps": args.reps, "steps": args.steps,
             "command": " ".join(["benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])])}
     for shape in args.models or list(PLANS):
-        names = args.variants or PLANS.get(shape, CORE)
-        results[shape] = {**run_shape(shape, names, args), "meta": meta}
+        names, memory_names = (args.variants, args.variants) if args.variants else PLANS.get(shape, (CORE, MEMORY_CORE))
+        results[shape] = {**run_shape(shape, names, memory_names, args), "meta": meta}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"results": results}, indent=1))
     render(out)
