@@ -1,0 +1,176 @@
+"""The runs behind benchmarks/quality.py: method settings, one training run through peftlab's Trainer,
+and the GLUE / E2E sweeps. Each run returns a flat record (method, task, seed, score, trainable %, time).
+
+The Trainer is used as a user would, with three savings for a sweep of many short runs in one process
+(measured in docs/benchmarks_quality.md): the task files are read and split once per task, not once
+per run; evaluation happens once, on the test split, after the last step (no validation passes, no
+"best" checkpoint); and SmolLM2 is converted from its GGUF file to a local safetensors folder once,
+since reading the GGUF costs tens of seconds per run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+import peftlab as pl
+from peftlab.train import loop
+from peftlab.train.loop import Trainer
+from peftlab.train.schema import RunConfig
+
+
+@dataclass
+class Budget:
+    train: int | None = None        # first N training rows; None: all
+    steps: int | None = None        # optimizer steps; None: `epochs` over the subset
+    epochs: float = 1.0
+    test: int | None = None         # first N test rows (E2E: distinct MRs); None: the whole test split
+    batch_size: int = 16
+
+
+ADAPTER = {"reduction_factor": 32, "unfreeze_layer_norms": True}    # k = 12 on MiniLM (d = 384)
+ADAPTER_LR, PROMPT_LR = 3e-3, 3e-1
+# label -> (method config, learning rate). Compacter's settings scaled to MiniLM; learning rates per
+# family: adapters 3e-3 (Compacter), LoRA 1e-3, prompts 0.3 (Lester et al., ATTEMPT), full FT 1e-4.
+GLUE_METHODS = {
+    "Full fine-tuning": ({"method": "full"}, 1e-4),
+    "Adapter (Houlsby)": ({"method": "houlsby", **ADAPTER}, ADAPTER_LR),
+    "Pfeiffer": ({"method": "pfeiffer", **ADAPTER}, ADAPTER_LR),
+    "AdapterDrop": ({"method": "houlsby", **ADAPTER, "leave_out": [0, 1]}, ADAPTER_LR),
+    "Adapter-LowRank": ({"method": "low_rank_adapter", **ADAPTER}, ADAPTER_LR),
+    "PHM-Adapter (n=12)": ({"method": "phm_adapter", **ADAPTER}, ADAPTER_LR),
+    "Compacter (n=4)": ({"method": "compacter", **ADAPTER}, ADAPTER_LR),
+    "Compacter++ (n=4)": ({"method": "compacter++", **ADAPTER}, ADAPTER_LR),
+    "LoRA (r=8)": ({"method": "lora", "r": 8, "alpha": 16}, 1e-3),
+    "(IA)3": ({"method": "ia3"}, 1e-2),
+    "BitFit": ({"method": "bitfit"}, ADAPTER_LR),
+    "Prompt tuning (random)": ({"method": "prompt_tuning", "length": 20, "init": "random"}, PROMPT_LR),
+    "Prompt tuning (vocab)": ({"method": "prompt_tuning", "length": 20, "init": "vocab"}, PROMPT_LR),
+    "Prefix tuning": ({"method": "prefix_tuning", "prefix_length": 10, "mlp_hidden": 64}, 3e-3),
+    "Intrinsic-SAID": ({"method": "intrinsic_said", "intrinsic_dim": 2000}, 1e-2),
+}
+TRANSFER = ["SPoT", "ATTEMPT"]
+SOURCE_METHOD = "Prompt tuning (vocab)"   # SPoT / ATTEMPT sources: this method's runs on the other tasks
+# ≈ 1.6 % of SmolLM2-135M (134,515,008 base parameters) each, the kernel-adapters paper's GPT-2 budget;
+# counts from attaching to the model (see docs/benchmarks_quality.md): LoRA 1.584 %, prefix tuning
+# (reparameterized, counted while training) 1.604 %, inducer 1.597 %, Pfeiffer 1.607 %.
+E2E_METHODS = {
+    "LoRA (q, v; r=37)": ({"method": "lora", "r": 37, "alpha": 74, "slots": ["attn.q", "attn.v"]}, 2e-3),
+    "Prefix tuning (m=30, MLP 176)": ({"method": "prefix_tuning", "prefix_length": 30, "mlp_hidden": 176}, 1e-3),
+    "Inducer-tuning (r_k=11, r_v=10)": ({"method": "inducer", "rank_k": 11, "rank_v": 10}, 2e-3),
+    "Pfeiffer (k=62)": ({"method": "pfeiffer", "reduction_factor": 9.2}, 2e-3),
+}
+
+
+_read_splits = loop.load_splits
+_SPLITS: dict = {}
+
+
+def _splits_once(task, data_dir=None, policy="paper", max_train=None, max_eval=None):
+    key = (task.name, str(data_dir), policy, max_train, max_eval)
+    if key not in _SPLITS:
+        _SPLITS[key] = _read_splits(task, data_dir, policy, max_train, max_eval)
+    return _SPLITS[key]
+
+
+class SweepTrainer(Trainer):
+    """The Trainer, evaluated on the test split only (the final weights; no validation pass)."""
+
+    def evaluate_split(self, split: str):
+        return {} if split == "validation" else super().evaluate_split(split)
+
+
+def run_one(task: str, method: dict, lr: float, seed: int, out_dir: Path, budget: Budget, data_dir: str,
+            threads: int, model: str = "minilm", save_adapter: bool = False, **model_extra) -> dict:
+    config = {"tasks": [task], "method": method, "output_dir": str(out_dir), "overwrite": True,
+              "model": {"name": model, "max_length": 64, **model_extra},
+              "data": {"dir": data_dir, "max_train_samples": budget.train, "max_eval_samples": budget.test},
+              "train": {"epochs": budget.epochs, "max_steps": budget.steps, "batch_size": budget.batch_size,
+                        "eval_batch_size": 64, "learning_rate": lr, "warmup_ratio": 0.06, "seed": seed,
+                        "eval_strategy": "no", "eval_steps": 10 ** 9, "log_steps": 10 ** 9,
+                        "tensorboard": False, "progress_bar": False, "threads": threads}}
+    loop.load_splits = _splits_once     # read each task's files once per process (see the module doc)
+    started = time.perf_counter()
+    trainer = SweepTrainer(RunConfig.from_dict(config))
+    setup_s = time.perf_counter() - started
+    results = trainer.run()
+    if save_adapter:
+        pl.save(trainer.model, out_dir / "adapter" / "default", name="default")
+    test = results["tasks"][trainer.tasks[0].name]["test"]
+    return {"task": task, "seed": seed, "percent": 100 * results["trainable"] / results["base"],
+            "trainable": results["trainable"], "test": test, "steps": results["train"]["steps"],
+            "train_s": results["train"]["wall_s"], "setup_s": setup_s,
+            "run_s": time.perf_counter() - started}
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+def run_glue(tasks: dict, sources: dict, methods: list, seeds, data_dir, work: Path, threads: int,
+             on_record=None) -> list:
+    """Source runs first (they feed SPoT / ATTEMPT), then every method on every task and seed."""
+    from peftlab.tasks import average
+    methods = [m for m in methods if m in GLUE_METHODS]
+    plan = [(SOURCE_METHOD, t, b) for t, b in sources.items()]
+    plan += [(m, t, b) for m in methods for t, b in tasks.items() if not (sources and m == SOURCE_METHOD)]
+    plan += [(m, t, b) for m in (TRANSFER if sources else []) for t, b in tasks.items()]
+    records = []
+    bar = tqdm(total=len(plan) * len(seeds), desc="glue", unit="run")
+    for label, task, budget in plan:
+        for seed in seeds:
+            method, lr = _method_for(label, task, seed, work, list(sources))
+            out = work / _slug(label) / task / str(seed)
+            record = run_one(task, method, lr, seed, out, budget, data_dir, threads,
+                             save_adapter=label == SOURCE_METHOD)
+            record.update(method=label, lr=lr, score=100 * average(record["test"]),
+                          table=task in tasks)
+            records.append(record)
+            if on_record:
+                on_record(records)
+            bar.set_postfix_str(f"{label} {task} {record['score']:.1f}")
+            bar.update()
+    bar.close()
+    return records
+
+
+def _method_for(label, task, seed, work, source_tasks):
+    if label not in TRANSFER:
+        return GLUE_METHODS[label]
+    sources = [str(work / _slug(SOURCE_METHOD) / other / str(seed) / "adapter" / "default")
+               for other in source_tasks if other != task]
+    kind = "spot" if label == "SPoT" else "attempt"
+    return {"method": kind, "sources": sources}, PROMPT_LR
+
+
+def local_smollm2(work: Path) -> str:
+    """SmolLM2-135M as a safetensors folder: the GGUF file is parsed and dequantized once."""
+    target = work / "smollm2-135m-hf"
+    if not (target / "config.json").exists():
+        import transformers as tf
+        from peftlab.models import load_pretrained
+        model, tokenizer = load_pretrained("smollm2", head=tf.AutoModelForCausalLM)
+        # the weights are dequantized to float32 on load; only the GGUF marker blocks saving them
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def run_e2e(budget: Budget, data_dir, work: Path, threads: int, on_record=None) -> list:
+    started = time.perf_counter()
+    model = local_smollm2(work)
+    convert_s = time.perf_counter() - started
+    records = []
+    for label, (method, lr) in tqdm(E2E_METHODS.items(), desc="e2e", unit="run"):
+        record = run_one("e2e", method, lr, 42, work / "e2e" / _slug(label), budget, data_dir, threads,
+                         model=model, max_length=80, max_target_length=64)
+        record.update(method=label, lr=lr, convert_s=convert_s)
+        records.append(record)
+        if on_record:
+            on_record(records)
+    return records
