@@ -15,7 +15,7 @@ def _composed(h, w_down, b_down, w_up, b_up, act, scale):
     return h + scale * (act(h @ w_down + b_down) @ w_up + b_up)
 
 
-@pytest.mark.parametrize("act_name", ["swish", "relu", "gelu_new", "tanh"])
+@pytest.mark.parametrize("act_name", ["swish", "relu", "gelu_new", "tanh", "silu"])
 @pytest.mark.parametrize("scale", [1.0, 4.0])
 def test_residual_bottleneck_passes_gradcheck(act_name, scale):
     g = torch.Generator().manual_seed(0)
