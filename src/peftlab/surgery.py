@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .errors import PeftlabError
+
 ROLES = ("tap", "input", "add", "output", "mix")
 
 
@@ -104,6 +106,37 @@ class Part(nn.Module):
     def skipped(self, slot: Slot) -> bool:
         """True to sit this forward out (AdapterDrop). Must not change any state."""
         return False
+
+
+class Handoff:
+    """One tensor passed from one part to another within the same forward: a tap on a sublayer's input
+    to the part on its output, the key projection's output to the value part, an attention hook's term
+    to the part after W_o. `take` empties it, so a tensor never leaks into a later call."""
+
+    def __init__(self, missing: str):
+        self.missing, self.value = missing, None   # `missing`: the error if taken before it was put
+
+    def put(self, tensor: torch.Tensor) -> None:
+        self.value = tensor
+
+    def take(self, required: bool = True) -> torch.Tensor | None:
+        value, self.value = self.value, None
+        if value is None and required:
+            raise PeftlabError(self.missing)
+        return value
+
+
+class HandoffTap(Part):
+    """Puts what its slot sees into a Handoff and changes nothing: role "tap" sees the module's input,
+    role "output" its output (returned unchanged)."""
+
+    def __init__(self, handoff: Handoff, role: str = "tap"):
+        super().__init__()
+        self.handoff, self.role = handoff, role
+
+    def forward(self, h):
+        self.handoff.put(h)
+        return h if self.role == "output" else None
 
 
 def _first_input(args, kwargs):

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from ..config import LayeredConfig, check
 from ..ops.residual_bottleneck import residual_bottleneck
 from ..registry import register_method
-from ..surgery import Part
+from ..surgery import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 
 NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
@@ -174,18 +174,12 @@ class SerialAdapter(_Dropping):
         return residual + self.net.branch(x).to(h.dtype)
 
 
-class ParallelTap(_Dropping):
+class ParallelTap(HandoffTap, _Dropping):
     """Sees the sublayer's input and hands it to the branch's output part within the same forward."""
 
-    role = "tap"
-
     def __init__(self, owner: "ParallelOut"):
-        super().__init__()
-        self.__dict__["owner"] = owner   # a plain reference: the weights are registered once, in the owner
+        super().__init__(owner.inputs)
         self.schedule = owner.schedule
-
-    def forward(self, x):
-        self.owner.pending = x
 
 
 class ParallelOut(_Dropping):
@@ -193,10 +187,11 @@ class ParallelOut(_Dropping):
 
     def __init__(self, net: BottleneckNet, schedule: DropSchedule):
         super().__init__()
-        self.net, self.schedule, self.pending = net, schedule, None
+        self.net, self.schedule = net, schedule
+        self.inputs = Handoff("parallel adapter: the sublayer's output ran without its input tap")
 
     def forward(self, _x):
-        x, self.pending = self.pending, None
+        x = self.inputs.take()
         return self.net.branch(self.net.normed(x.to(self.net.dtype))).to(x.dtype)
 
 

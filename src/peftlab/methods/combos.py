@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from .. import attention
 from ..config import MethodConfig, check
 from ..registry import register_method
-from ..surgery import Part
+from ..surgery import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import BottleneckNet, Parallel, Pfeiffer, build_bottleneck
 from .inducer import build_side_lora, check_nested_switches
@@ -112,10 +112,11 @@ class GatedPrefix(attention.AttentionExtension):
 
     def __init__(self, inner: PrefixExtension, d_in: int):
         super().__init__()
-        self.inner, self.gate, self.pending = inner, Gate(d_in), None
+        self.inner, self.gate = inner, Gate(d_in)
+        self.inputs = Handoff("UniPELT: the gated prefix ran without its attention input")
 
     def before(self, call) -> None:
-        x, self.pending = self.pending, None
+        x = self.inputs.take(required=False)
         m = self.inner.params.length
         self.inner.before(call)
         if x is None:   # the attention input was not seen (never the case for self-attention)
@@ -127,19 +128,6 @@ class GatedPrefix(attention.AttentionExtension):
         log_gate = self.gate.log(x).to(mask.dtype).unsqueeze(1)                 # (b, 1, q, 1)
         mask = mask.expand(log_gate.shape[0], *mask.shape[1:])
         call.attention_mask = torch.cat([mask[..., :m] + log_gate, mask[..., m:]], dim=-1)
-
-
-class InputTap(Part):
-    """Hands the attention input (the query projection's input) to the layer's gated prefix."""
-
-    role = "tap"
-
-    def __init__(self, owner: GatedPrefix):
-        super().__init__()
-        self.__dict__["owner"] = owner
-
-    def forward(self, x):
-        self.owner.pending = x
 
 
 def build_gated_prefix(target, prefix: PrefixTuning) -> None:
@@ -158,7 +146,7 @@ def build_gated_prefix(target, prefix: PrefixTuning) -> None:
         query_site = queries[(site.stack, site.layer)]
         gated = GatedPrefix(PrefixExtension(params, layer, bias), feature_dims(target.module(query_site.path))[0])
         attention.install(target, site, gated)
-        target.place(query_site, InputTap(gated))
+        target.place(query_site, HandoffTap(gated.inputs))
     if prefix.shift_positions and set(target.stacks()) == {"decoder"}:
         target.add_hook(target.model.register_forward_pre_hook, _position_shift(target, prefix.prefix_length),
                         with_kwargs=True)

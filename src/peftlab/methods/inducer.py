@@ -29,9 +29,8 @@ from torch import nn
 
 from ..attention import AttentionExtension, attention_sites as attention_modules, install
 from ..config import LayeredConfig, check
-from ..errors import PeftlabError
 from ..registry import register_method
-from ..surgery import Part
+from ..surgery import Handoff, Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import Parallel, build_bottleneck
 from .head_geometry import attention_sites as projection_sites, projection_segments, truncated_normal_
@@ -106,7 +105,8 @@ class InducerExtension(AttentionExtension):
         self.value_A, self.value_a, self.value_B, self.value_b = _mlp_tensors(
             heads, head_dim, rank_v, out, (d_out,) if value_extension else (heads, head_dim))
         self.value_extension, self.joint_softmax = value_extension, joint_softmax
-        self.pending: torch.Tensor | None = None   # the output-space term, for the part on W_o
+        # the output-space term, for the part on W_o
+        self.pending = Handoff("Inducer: the output projection ran without its attention call")
 
     def share(self, call, q: torch.Tensor) -> torch.Tensor:
         """w (batch, heads, q_len): the inducer's share of a softmax over [s0, real scores]."""
@@ -132,7 +132,7 @@ class InducerExtension(AttentionExtension):
         base = attn * (1 - weight).to(attn.dtype) if self.joint_softmax else attn
         if self.value_extension:
             weighted = hidden * w[..., None]
-            self.pending = torch.einsum("bhnr,hro->bno", weighted, self.value_B) + self.value_b
+            self.pending.put(torch.einsum("bhnr,hro->bno", weighted, self.value_B) + self.value_b)
             return (base, *output[1:])
         values = (hidden @ self.value_B + self.value_b[:, None]).transpose(1, 2)   # (b, n, h, d)
         return (base + (weight * values).to(attn.dtype), *output[1:])
@@ -163,10 +163,7 @@ class InducerOutputPart(Part):
         self.__dict__["extension"] = extension   # a plain reference: the weights live in the extension
 
     def forward(self, x):
-        delta, self.extension.pending = self.extension.pending, None
-        if delta is None:
-            raise PeftlabError("Inducer: the output projection ran without its attention call")
-        return delta.to(x.dtype)
+        return self.extension.pending.take().to(x.dtype)
 
 
 class SliceLoRA(Part):

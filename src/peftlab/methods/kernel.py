@@ -26,7 +26,7 @@ from torch import nn
 from ..config import LayeredConfig, check
 from ..errors import PeftlabError
 from ..registry import register_method
-from ..surgery import Part
+from ..surgery import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 from .head_geometry import Segment, attention_sites, head_counts, projection_segments, split_heads, truncated_normal_
 
@@ -199,7 +199,7 @@ class QueryMix(Part):
 
 
 class ValueMix(Part):
-    """dV of each key/value head from that head's key, which the layer's `KeyStash` hands over in the same
+    """dV of each key/value head from that head's key, which a `HandoffTap` on the layer's key projection hands over in the same
     forward; the shared term reads the value projection's input x."""
 
     role = "add"
@@ -209,7 +209,7 @@ class ValueMix(Part):
         self.segment, hd = segment, segment.head_dim
         self.head = HeadLowRank(segment.heads, hd, hd, rank, _scale(alpha, rank), init)
         self.shared, self.dropout = _shared(d_in, segment.width, shared_rank, alpha, init), _dropout(dropout)
-        self.pending_keys = None
+        self.keys = Handoff("KernelMix: the value projection ran before the key projection of its layer")
 
     def delta(self, keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         dtype = self.head.A.dtype
@@ -220,10 +220,7 @@ class ValueMix(Part):
         return delta.to(x.dtype)
 
     def forward(self, x):
-        keys, self.pending_keys = self.pending_keys, None
-        if keys is None:
-            raise PeftlabError("KernelMix: the value projection ran before the key projection of its layer")
-        return self.delta(keys, x)
+        return self.delta(self.keys.take(), x)
 
 
 class OutputMix(Part):
@@ -249,31 +246,6 @@ class OutputMix(Part):
         return (delta if self.shared is None else delta + self.shared(z)).to(x.dtype)
 
 
-class KeyStash(Part):
-    """Hands the key projection's output to the value part of the same layer (same forward)."""
-
-    role = "output"
-
-    def __init__(self, consumer: ValueMix):
-        super().__init__()
-        self.__dict__["consumer"] = consumer   # a plain reference: the weights live in the consumer
-
-    def forward(self, h):
-        self.consumer.pending_keys = h
-        return h
-
-
-class FusedInputTap(Part):
-    role = "tap"
-
-    def __init__(self, owner: "FusedMixPart"):
-        super().__init__()
-        self.__dict__["owner"] = owner
-
-    def forward(self, x):
-        self.owner.pending_input = x
-
-
 class FusedMixPart(Part):
     """GPT-2's fused q/k/v projection: adds dQ and dV to their slices; dV reads the key slice."""
 
@@ -281,10 +253,11 @@ class FusedMixPart(Part):
 
     def __init__(self, segments: dict[str, Segment], query: QueryMix | None, value: ValueMix | None):
         super().__init__()
-        self.segments, self.query, self.value, self.pending_input = segments, query, value, None
+        self.segments, self.query, self.value = segments, query, value
+        self.inputs = Handoff("KernelMix: the fused q/k/v projection's output came without its input")
 
     def forward(self, h):
-        x, self.pending_input = self.pending_input, None
+        x = self.inputs.take()
         if self.value is not None:
             k = self.segments["k"]
             h = self.segments["v"].add(h, self.value.delta(h[..., k.start:k.start + k.width], x))
@@ -298,7 +271,7 @@ def _place_fused(target, site, mixes):
     query = mixes["q"](segments["q"]) if "q" in mixes else None
     value = mixes["v"](segments["v"]) if "v" in mixes else None
     part = FusedMixPart(segments, query, value)
-    target.place(site, FusedInputTap(part))
+    target.place(site, HandoffTap(part.inputs))
     target.place(site, part)
 
 
@@ -338,7 +311,7 @@ def _place_separate(target, selection, mixes):
             check(key_segment == segment, f"KernelMix: keys at {key_site.path} and values at {site.path} "
                                           "have different head shapes")
             part = mixes["v"](segment)
-            target.place(key_site, KeyStash(part))
+            target.place(key_site, HandoffTap(part.keys, role="output"))
             target.place(site, part)
 
 
