@@ -70,3 +70,16 @@ def test_nets_with_layer_norms_or_learned_scale_take_the_composed_path():
     assert not BottleneckNet(8, 2, "relu", False, False, "learned", "near_identity").fusable
     assert BottleneckNet(8, 2, "relu", False, False, 1.0, "near_identity").fusable
     assert isinstance(BottleneckNet(8, 2, "relu", False, False, 1.0, "near_identity").down, nn.Linear)
+
+
+def test_lora_add_to_equals_adding_its_delta_in_value_and_gradient():
+    from peftlab.methods.lora import LoRAPart
+    part = LoRAPart(8, 6, r=2, alpha=4.0, dropout=0.0)
+    with torch.no_grad():
+        part.lora_B.weight.normal_()
+    x, h = torch.randn(3, 4, 8, requires_grad=True), torch.randn(3, 4, 6, requires_grad=True)
+    fused, plain = part.add_to(h, x), h + part(x)
+    torch.testing.assert_close(fused, plain)
+    params = [x, h, *part.parameters()]
+    for a, b in zip(torch.autograd.grad(fused.square().sum(), params), torch.autograd.grad(plain.square().sum(), params)):
+        torch.testing.assert_close(a, b)

@@ -88,10 +88,11 @@ def run_pre(parts, x):
 
 
 def run_post(parts, x_in, h):
-    """The module's output: additive parts add f(x_in), then output parts map h -> h', in order."""
+    """The module's output: additive parts add f(x_in), then output parts map h -> h', in order. An
+    additive part may offer `add_to(h, x)`, the same sum computed in fewer passes (e.g. inside a GEMM)."""
     for part in parts:
         if part.role == "add":
-            h = h + part(x_in)
+            h = part.add_to(h, x_in) if hasattr(part, "add_to") else h + part(x_in)
     for part in parts:
         if part.role == "output":
             h = part(h)

@@ -51,6 +51,16 @@ class LoRAPart(Part):
         dtype = self.lora_A.weight.dtype
         return (self.lora_B(self.lora_A(self.dropout(x.to(dtype)))) * self.scaling).to(x.dtype)
 
+    def add_to(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """h + s·B A x with the scale and the sum inside the up GEMM (beta = 1, alpha = s): two fewer
+        passes over the (tokens x out) output than adding a scaled delta, forward and backward alike."""
+        weight = self.lora_B.weight
+        if h.dtype != weight.dtype or torch.is_autocast_enabled(h.device.type):
+            return h + self(x)
+        a = self.lora_A(self.dropout(x.to(weight.dtype)))
+        out = torch.addmm(h.reshape(-1, h.shape[-1]), a.reshape(-1, a.shape[-1]), weight.t(), alpha=self.scaling)
+        return out.view(h.shape)
+
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
