@@ -140,3 +140,44 @@ def interleaved_medians(variants: dict, model: nn.Module, batches: dict, reps: i
             if progress:
                 progress(name)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def step_clocks_timer(model: nn.Module, batch: dict) -> Callable[[int], list[tuple[float, float]]]:
+    """As train_step_timer (same step, same fused AdamW, one warm-up step), but each step's
+    (process CPU seconds, wall seconds). With one thread, CPU time is the step's own work and leaves out
+    waiting for a core, which wall time on a machine shared with other jobs does not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(params, lr=1e-5)
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def run(n: int) -> list[tuple[float, float]]:
+        step()
+        out = []
+        for _ in range(n):
+            _sync()
+            cpu, wall = time.process_time(), time.perf_counter()
+            step()
+            _sync()
+            out.append((time.process_time() - cpu, time.perf_counter() - wall))
+        return out
+
+    return run
+
+
+def interleaved_clock_medians(variants: dict, model: nn.Module, batches: dict, reps: int, steps: int,
+                              progress=None) -> dict[str, dict[str, float]]:
+    """As interleaved_medians, but per variant {"cpu": median CPU s, "wall": median wall s} per step."""
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    names = list(variants)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            with variants[name](model) as runnable:
+                times[name] += step_clocks_timer(runnable, batches.get(name, batches["default"]))(steps)
+            if progress:
+                progress(name)
+    return {k: {"cpu": statistics.median(c for c, _ in v), "wall": statistics.median(w for _, w in v)}
+            for k, v in times.items()}

@@ -118,8 +118,10 @@ def time_in_process(shape: str, names, batch_size: int, seq_len: int, reps: int,
     batches = {"default": common.batch_for(model, batch_size, seq_len),
                "floor@+prompt": common.batch_for(model, batch_size, seq_len + PROMPT_LENGTH)}
     variants = all_variants(model, names)
+    with common.floor(model):     # the process's first steps are slow (allocator, lazy init): not timed
+        common.step_clocks_timer(model, batches["default"])(1)
     bar = tqdm(total=reps * len(variants), desc=shape, unit="block")
-    medians = common.interleaved_medians(variants, model, batches, reps, steps, progress=lambda _: bar.update())
+    medians = common.interleaved_clock_medians(variants, model, batches, reps, steps, progress=lambda _: bar.update())
     bar.close()
     return medians
 
@@ -157,8 +159,8 @@ def run_shape(shape: str, names, memory_names, args) -> dict:
     SKIPPED.clear()
     size = dict(batch_size=args.batch_size, seq_len=args.seq_len)
     started = time.perf_counter()
-    medians = time_in_process(shape, names, reps=args.reps, steps=args.steps, **size)
-    medians.update(time_adapterhub(shape, names, reps=args.reps, steps=args.steps, **size))
+    clocks = time_in_process(shape, names, reps=args.reps, steps=args.steps, **size)
+    clocks.update(time_adapterhub(shape, names, reps=args.reps, steps=args.steps, **size))
     timed = time.perf_counter() - started
     peaks = {}
     if not args.no_memory:
@@ -170,7 +172,8 @@ def run_shape(shape: str, names, memory_names, args) -> dict:
         peaks = memory.measure_all(shape, wanted, threads=torch.get_num_threads(), progress=lambda _: bar.update(),
                                    **size)
         bar.close()
-    return {"step_s": medians, "peak_bytes": peaks, "skipped": dict(SKIPPED),
+    return {"step_s": {k: v["cpu"] for k, v in clocks.items()}, "step_wall_s": {k: v["wall"] for k, v in clocks.items()},
+            "peak_bytes": peaks, "skipped": dict(SKIPPED),
             "wall_s": {"timing": round(timed), "memory": round(time.perf_counter() - started - timed)}}
 
 

@@ -53,8 +53,9 @@ def shape_table(shape: str, result: dict) -> list[str]:
                                                  ("floor", "floor@+prompt", "adapterhub:floor", "full") if k in steps)
              + (f". Full fine-tuning = {steps['full'] / steps['floor']:.2f} x floor." if "full" in steps else "."), "",
              "| method | ours ms | ours x floor | HF PEFT x floor | AdapterHub x floor | ours x full FT "
-             "| peak MiB ours (x floor) | HF PEFT | AdapterHub |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| ours x floor, wall | peak MiB ours (x floor) | HF PEFT | AdapterHub |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    wall = result.get("step_wall_s", {})
     full = steps.get("full")
     for method in methods_in(steps):
         ours = steps.get(method)
@@ -62,13 +63,13 @@ def shape_table(shape: str, result: dict) -> list[str]:
         lines.append(
             f"| {method}{mark} | {_fmt(ours and 1000 * ours, '.0f')} | {_fmt(ratio(method, steps))} "
             f"| {_fmt(ratio('peft:' + method, steps))} | {_fmt(ratio('adapterhub:' + method, steps))} "
-            f"| {_fmt(ours / full if ours and full else None)} | {_mem(method, peaks)} "
+            f"| {_fmt(ours / full if ours and full else None)} | {_fmt(ratio(method, wall))} | {_mem(method, peaks)} "
             f"| {_mem('peft:' + method, peaks)} | {_mem('adapterhub:' + method, peaks)} |")
     for name, why in result.get("skipped", {}).items():
-        lines.append(f"| {name} | not run: {why[:120]} | | | | | | | |")
+        lines.append(f"| {name} | not run: {why[:120]} | | | | | | | | |")
     if "full" in peaks and "floor" in peaks:
         lines.append(f"| *full fine-tuning* | {_fmt(full and 1000 * full, '.0f')} | {_fmt(ratio('full', steps))} "
-                     f"| | | 1.000 | {_mem('full', peaks)} | | |")
+                     f"| | | 1.000 | {_fmt(ratio('full', wall))} | {_mem('full', peaks)} | | |")
     return lines + [""]
 
 
@@ -120,7 +121,9 @@ def to_markdown(results: dict, notes: Path | None = None) -> str:
              "peftlab's process (transformers 5.x), AdapterHub `adapters` 1.3 in its own venv (transformers "
              "4.57, eager attention), so `AdapterHub x floor` divides by AdapterHub's own floor. A train step is "
              "forward + backward + fused AdamW (`peftlab.train.optim.adamw`; the AdapterHub worker uses the "
-             "same `torch.optim.AdamW(fused=True)`).",
+             "same `torch.optim.AdamW(fused=True)`). Times are medians of this process's **CPU time** per step "
+             "(one thread, so the step's own work, without the waits for a core that other jobs on this shared "
+             "2-core machine cause); `ours x floor, wall` is the same ratio from wall time, as a check.",
              "",
              "† prompt tuning (100 tokens) is divided by the floor at the longer sequence it implies "
              "(floor@+prompt: 100 more input tokens), ours and HF PEFT's alike.", "",

@@ -57,19 +57,19 @@ def batch_for(model, batch_size, seq_len):
 
 
 def time_steps(model, batch, steps):
-    """`steps` step times after one warm-up step (as common.train_step_timer)."""
+    """`steps` (CPU s, wall s) step times after one warm-up step (as common.step_clocks_timer)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)   # as peftlab.train.optim.adamw on CPU/CUDA
     out = []
     for i in range(steps + 1):
         _sync()
-        start = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync()
         if i:
-            out.append(time.perf_counter() - start)
+            out.append((time.process_time() - cpu, time.perf_counter() - wall))
     return out
 
 
@@ -103,13 +103,15 @@ def timing(model, batch, names, reps, steps) -> dict:
             continue
         added.append(name)
         times[f"adapterhub:{name}"] = []
+    with_floor(model, lambda: time_steps(model, batch, 1))     # the process's first steps: not timed
     for _ in range(reps):
         times["adapterhub:floor"] += with_floor(model, lambda: time_steps(model, batch, steps))
         for name in added:
             model.train_adapter(name)
             times[f"adapterhub:{name}"] += time_steps(model, batch, steps)
             model.set_active_adapters(None)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: {"cpu": statistics.median(c for c, _ in v), "wall": statistics.median(w for _, w in v)}
+            for k, v in times.items()}
 
 
 # --- peak memory: the definition in benchmarks/memory.py, copied ----------------------------------
