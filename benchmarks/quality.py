@@ -2,7 +2,7 @@
 paper's Table 1: trainable %, per-task test metric, average, mean ± std over seeds.
 
     .venv/bin/python benchmarks/quality.py --quick            # ≤ 20 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/quality.py --mode medium      # more tasks and steps (about an hour)
+    .venv/bin/python benchmarks/quality.py --mode medium      # STS-B and MRPC, more steps (about an hour)
     .venv/bin/python benchmarks/quality.py --mode full        # all data, 3 seeds (days on a CPU)
     .venv/bin/python benchmarks/quality.py --quick --part e2e # SmolLM2-135M on E2E only
 
@@ -42,18 +42,20 @@ class Mode:
 # optimizer steps at the batch size (None: `epochs` over the subset), `test` = the first N test rows.
 MODES = {
     # Quick (≤ 20 min on one core of a shared 2-core VM): SST-2, the task MiniLM learns fastest, for
-    # every method; short prompt-tuning runs on MRPC and STS-B as SPoT / ATTEMPT sources; E2E with 10
+    # every method; 20-step prompt-tuning runs on MRPC and STS-B as SPoT / ATTEMPT sources; E2E with 8
     # steps per method and a 40-MR slice of the dev set.
     "quick": Mode(tasks={"sst2": Budget(train=3000, steps=60, test=500)},
-                  source_tasks={"mrpc": Budget(train=1000, steps=30, test=50),
-                                "stsb": Budget(train=1000, steps=30, test=50)},
-                  e2e=Budget(train=2000, steps=10, test=40, batch_size=8)),
-    # Medium: the tasks quick leaves out, task by task (results are written after every run, so a run
-    # stopped at a deadline still leaves complete columns), then SST-2 with more steps; E2E last.
-    "medium": Mode(tasks={"stsb": Budget(steps=100), "mrpc": Budget(steps=100), "rte": Budget(steps=100),
-                          "cola": Budget(steps=150), "sst2": Budget(train=10000, steps=200)},
-                   e2e=Budget(train=5000, steps=60, test=200, batch_size=8)),
-    # Full: every training row, 3 epochs (20 on the small tasks, as Compacter), 3 seeds; E2E on a
+                  source_tasks={"mrpc": Budget(train=1000, steps=20, test=50),
+                                "stsb": Budget(train=1000, steps=20, test=50)},
+                  e2e=Budget(train=2000, steps=8, test=40, batch_size=8)),
+    # Medium (about an hour on one core): STS-B and MRPC, 100 steps each and their whole test splits,
+    # task by task (results are written after every run, so a sweep stopped at a deadline keeps whole
+    # columns); SPoT / ATTEMPT sources also on SST-2, RTE and CoLA. E2E with 40 steps, 100 MRs.
+    "medium": Mode(tasks={"stsb": Budget(steps=100), "mrpc": Budget(steps=100)},
+                   source_tasks={"sst2": Budget(train=3000, steps=60, test=100), "rte": Budget(steps=40, test=50),
+                                 "cola": Budget(steps=40, test=50)},
+                   e2e=Budget(train=5000, steps=40, test=100, batch_size=8)),
+    # Full: every training row, 3 epochs on SST-2 and 20 on the four small tasks, 3 seeds; E2E on a
     # 10K-row training subset for one epoch, the full dev set (547 MRs).
     "full": Mode(tasks={"sst2": Budget(epochs=3), "mrpc": Budget(epochs=20), "stsb": Budget(epochs=20),
                         "rte": Budget(epochs=20), "cola": Budget(epochs=20)},
