@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (benchmarks/common.py: build, batch_for, floor, full_finetune, peftlab_method)
 
 import peftlab as pl  # noqa: E402
-from peftlab.train.optim import adamw  # noqa: E402
 from peftlab.ops.fwht import fwht_raw  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "compacter_speed.md"
@@ -62,31 +61,6 @@ def prepare(model, name: str, stack: ExitStack):
     return stack.enter_context(common.peftlab_method(copy_, configs[name]))
 
 
-def step_runner(model, batch):
-    """run(n) -> n (cpu seconds, wall seconds) of train steps, after one warm-up step.
-
-    CPU time of this process is the primary measure: on a box shared with other jobs, wall time
-    also counts the moments this process waits for a core, which no variant controls."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=1e-5)   # as the runner does: fused where torch can
-
-    def step():
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def run(n: int) -> list[tuple[float, float]]:
-        step()
-        out = []
-        for _ in range(n):
-            cpu, wall = time.process_time(), time.perf_counter()
-            step()
-            out.append((time.process_time() - cpu, time.perf_counter() - wall))
-        return out
-
-    return run
-
-
 def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple[float, float, float, float]]:
     """Per variant: (median cpu, median wall, fastest cpu) seconds per train step, and the paired ratio
     to the floor: the median over repetitions of (this variant's / the floor's median cpu time in that
@@ -94,7 +68,7 @@ def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple[
     with ExitStack() as stack:
         runners = {}
         for name in names:
-            runners[name] = step_runner(prepare(model, name, stack), batch)
+            runners[name] = common.step_clocks_timer(prepare(model, name, stack), batch)
             print(f"  prepared {name}", flush=True)
         times = {name: [] for name in names}
         per_rep = {name: [] for name in names}
