@@ -51,6 +51,8 @@ def setup(shape: str, batch_size: int, seq_len: int):
     batch = {k: v for k, v in common.batch_for(base, batch_size, seq_len).items() if k != "labels"}
     if base.config.is_encoder_decoder:       # one decoder step per row: a forward as generation does it
         batch["decoder_input_ids"] = torch.zeros((batch_size, 1), dtype=torch.long)
+    elif "ForCausalLM" in type(base).__name__ or "LMHead" in type(base).__name__:
+        batch["logits_to_keep"] = 1          # a prefill as generation does it: logits of the last position only
     return base, ours, theirs, batch
 
 
@@ -89,8 +91,9 @@ def variants(base, ours, theirs) -> dict:
 
 
 @torch.inference_mode()
-def interleaved(runs: dict, batch: dict, reps: int, calls: int) -> dict[str, float]:
-    """Median seconds per forward; each block enters the variant, warms up once, times `calls` forwards."""
+def interleaved(runs: dict, batch: dict, reps: int, calls: int) -> dict[str, dict[str, float]]:
+    """Median {"cpu", "wall"} seconds per forward; each block enters the variant, warms up once, times
+    `calls` forwards. CPU time (one thread) is primary: the machine is shared, wall time waits for cores."""
     times = {k: [] for k in runs}
     names = list(runs)
     for rep in range(reps):
@@ -98,24 +101,27 @@ def interleaved(runs: dict, batch: dict, reps: int, calls: int) -> dict[str, flo
             with runs[name]() as model:
                 model(**batch)
                 for _ in range(calls):
-                    start = time.perf_counter()
+                    cpu, wall = time.process_time(), time.perf_counter()
                     model(**batch)
-                    times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+                    times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+    return {k: {"cpu": statistics.median(c for c, _ in v), "wall": statistics.median(w for _, w in v)}
+            for k, v in times.items()}
 
 
 def to_markdown(results: dict, meta: dict) -> str:
     lines = ["# Inference: base vs unmerged vs merged LoRA / IA3", "",
              f"{meta['machine']}; batch {meta['batch_size']} x {meta['seq_len']} tokens (encoder-decoders: one "
-             f"decoder position); median of {meta['reps']} interleaved blocks x {meta['calls']} forwards under "
+             f"decoder position; causal LMs: logits of the last position, as a generation prefill); median of {meta['reps']} interleaved blocks x {meta['calls']} forwards under "
              "`torch.inference_mode()`. Command: `" + meta["command"] + "`.", "",
              "Merged adapters stay attached (their slots remain, their parts sit out), as HF PEFT's "
              "`merge_adapter()` keeps its layers; `base` is the untouched model.", ""]
     goals = []
-    for shape, medians in results.items():
-        base = medians["base"]
-        lines += [f"## {shape}", "", "| variant | ms / forward | x base |", "|---|---|---|"]
-        lines += [f"| {name} | {1000 * t:.1f} | {t / base:.3f} |" for name, t in medians.items()]
+    for shape, clocks in results.items():
+        medians = {k: v["cpu"] for k, v in clocks.items()}
+        base, wall_base = medians["base"], clocks["base"]["wall"]
+        lines += [f"## {shape}", "", "| variant | CPU ms / forward | x base | x base, wall |", "|---|---|---|---|"]
+        lines += [f"| {name} | {1000 * t:.1f} | {t / base:.3f} | {clocks[name]['wall'] / wall_base:.3f} |"
+                  for name, t in medians.items()]
         lines.append("")
         for name in ("lora merged", "ia3 merged"):
             r = medians[name] / base
@@ -133,7 +139,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.4), squeeze=False)
-    for ax, (shape, medians) in zip(axes[0], results.items()):
+    for ax, (shape, clocks) in zip(axes[0], results.items()):
+        medians = {k: v["cpu"] for k, v in clocks.items()}
         names = list(medians)
         ax.barh(names, [medians[n] / medians["base"] for n in names],
                 color=["tab:orange" if n.startswith("peft:") else "tab:blue" for n in names])
@@ -163,7 +170,8 @@ def main(argv=None):
     for shape in args.models:
         base, ours, theirs, batch = setup(shape, args.batch_size, args.seq_len)
         results[shape] = interleaved(variants(base, ours, theirs), batch, args.reps, args.calls)
-        print(shape, {k: round(v / results[shape]["base"], 3) for k, v in results[shape].items()}, flush=True)
+        print(shape, {k: round(v["cpu"] / results[shape]["base"]["cpu"], 3) for k, v in results[shape].items()},
+              flush=True)
         del base, ours, theirs
     meta = {"machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
             "batch_size": args.batch_size, "seq_len": args.seq_len, "reps": args.reps, "calls": args.calls,

@@ -93,8 +93,7 @@ def ours_and_peft(shape: str, variants, batch_size: int, seq_len: int, steps: in
     Failures come back as strings."""
     import speed
     model = common.build(shape)
-    batches = {"default": common.batch_for(model, batch_size, seq_len),
-               "floor@+prompt": common.batch_for(model, batch_size, seq_len + speed.PROMPT_LENGTH)}
+    batches = speed.batches_for(model, batch_size, seq_len)
     out = {}
     for variant in variants:
         try:

@@ -56,8 +56,9 @@ def shape_table(shape: str, result: dict) -> list[str]:
              "| ours x floor, wall | peak MiB ours (x floor) | HF PEFT | AdapterHub |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     wall = result.get("step_wall_s", {})
-    full = steps.get("full")
+    rerun = {v for r in result.get("reruns", []) for v in r["variants"]}
     for method in methods_in(steps):
+        full = steps.get("full") if (method in rerun) == ("full" in rerun) else None   # never across runs
         ours = steps.get(method)
         mark = " †" if method in PROMPTS else ""
         lines.append(
@@ -67,6 +68,7 @@ def shape_table(shape: str, result: dict) -> list[str]:
             f"| {_mem('peft:' + method, peaks)} | {_mem('adapterhub:' + method, peaks)} |")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"| {name} | not run: {why[:120]} | | | | | | | | |")
+    full = steps.get("full")
     if "full" in peaks and "floor" in peaks:
         lines.append(f"| *full fine-tuning* | {_fmt(full and 1000 * full, '.0f')} | {_fmt(ratio('full', steps))} "
                      f"| | | 1.000 | {_fmt(ratio('full', wall))} | {_mem('full', peaks)} | | |")
@@ -126,7 +128,7 @@ def to_markdown(results: dict, notes: Path | None = None) -> str:
              "2-core machine cause); `ours x floor, wall` is the same ratio from wall time, as a check.",
              "",
              "† prompt tuning (100 tokens) is divided by the floor at the longer sequence it implies "
-             "(floor@+prompt: 100 more input tokens), ours and HF PEFT's alike.", "",
+             "(floor@+prompt: 100 more input tokens, the same targets), ours and HF PEFT's alike.", "",
              "Peak memory: in a fresh process per variant, peak resident memory while attaching and running 3 "
              "train steps, minus the resident memory just before (model and batch already built); on CUDA the "
              "same with `torch.cuda.max_memory_allocated`. See benchmarks/memory.py. In brackets: x the same "
