@@ -75,6 +75,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality"))
     parser.add_argument("--name", default=None, help="results file stem (default: quality_<mode>)")
+    parser.add_argument("--rewrite", metavar="NAME", help="only rewrite results/NAME.md and .png from NAME.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.mode = "quick"
@@ -83,6 +84,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.rewrite:
+        payload = json.loads((RESULTS / f"{args.rewrite}.json").read_text())
+        return write_results(args.rewrite, payload["glue_runs"], payload["e2e_runs"], payload["meta"])
     mode = MODES[args.mode]
     if args.tasks:
         mode.tasks = {t: b for t, b in mode.tasks.items() if t in args.tasks}

@@ -33,16 +33,23 @@ def glue_rows(runs: list[dict]) -> tuple[list[str], dict]:
     order = [m for m in [*GLUE_METHODS, *TRANSFER] if m in rows] + [m for m in rows if m not in GLUE_METHODS
                                                                      and m not in TRANSFER]
     rows = {m: rows[m] for m in order}
+    complete = averaged_tasks(tasks, rows)
     for row in rows.values():
-        seeds = set.intersection(*(set(row["scores"][t]) for t in tasks)) if all(
-            t in row["scores"] for t in tasks) else set()
-        row["average"] = [statistics.mean(row["scores"][t][s] for t in tasks) for s in sorted(seeds)]
+        seeds = set.intersection(*(set(row["scores"][t]) for t in complete)) if complete else set()
+        row["average"] = [statistics.mean(row["scores"][t][s] for t in complete) for s in sorted(seeds)]
     return tasks, rows
+
+
+def averaged_tasks(tasks: list[str], rows: dict) -> list[str]:
+    """The tasks every method has a score on: a sweep stopped early averages over these only."""
+    return [t for t in tasks if all(t in row["scores"] for row in rows.values())]
 
 
 def glue_table(runs: list[dict]) -> list[str]:
     tasks, rows = glue_rows(runs)
-    lines = ["| method | trainable % | " + " | ".join(tasks) + " | average | s/step |",
+    complete = averaged_tasks(tasks, rows)
+    label = "average" if complete == tasks else f"average ({', '.join(complete)})"
+    lines = ["| method | trainable % | " + " | ".join(tasks) + f" | {label} | s/step |",
              "|---" * (len(tasks) + 4) + "|"]
     for label, row in rows.items():
         cells = [_cell(list(row["scores"][t].values())) if t in row["scores"] else "–" for t in tasks]
@@ -154,7 +161,7 @@ def plot(payload: dict, path) -> None:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (% of the base model)")
-    ax.set_ylabel(f"average test score ({', '.join(tasks)})")
+    ax.set_ylabel(f"average test score ({', '.join(averaged_tasks(tasks, rows))})")
     ax.set_title(f"MiniLM, {payload['meta']['mode']} mode")
     ax.grid(alpha=0.3)
     fig.tight_layout()
