@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,7 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality"))
-    parser.add_argument("--name", default=None, help="results file stem (default: quality_<mode>)")
+    parser.add_argument("--name", default=None, help="results file stem (default: quality_<mode>[_<part>])")
+    parser.add_argument("--note", default="", help="about the machine, for the results (e.g. 'shared, nice 5')")
     parser.add_argument("--rewrite", metavar="NAME", help="only rewrite results/NAME.md and .png from NAME.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -91,7 +93,7 @@ def main(argv=None):
     if args.tasks:
         mode.tasks = {t: b for t, b in mode.tasks.items() if t in args.tasks}
     start = time.time()
-    name = args.name or f"quality_{args.mode}"
+    name = args.name or f"quality_{args.mode}" + ("" if args.part == "all" else f"_{args.part}")
 
     def meta(partial=False):
         return _meta(args, mode, start, glue_min, partial)
@@ -117,8 +119,8 @@ def _meta(args, mode: Mode, start: float, glue_min: float, partial: bool) -> dic
     return {"mode": args.mode, "part": args.part, "partial": partial, "settings": _settings(mode),
             "wall_min": (time.time() - start) / 60, "glue_min": glue_min or (time.time() - start) / 60,
             "threads": args.threads, "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {args.threads} torch thread(s), nice 5, a 2-core VM shared with "
-                       f"two other jobs"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s)"
+                       + (f", {args.note}" if args.note else "")}
 
 
 def _settings(mode: Mode) -> dict:
