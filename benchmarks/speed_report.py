@@ -152,17 +152,18 @@ def plot(results: dict, path: Path) -> None:
     for ax, (shape, result) in zip(axes[:, 0], results.items()):
         steps = result["step_s"]
         methods = methods_in(steps)
-        highest = 1.6
+        highest, lowest = 1.6, 0.8
         for offset, prefix in enumerate(colours):
             ys = [i + 0.27 * (offset - 1) for i in range(len(methods))]
             xs = [ratio(prefix + m, steps) or 0 for m in methods]
             highest = max(highest, *xs)
+            lowest = min(lowest, *[x for x in xs if x] or [lowest])
             ax.barh(ys, xs, height=0.26, color=colours[prefix], label=labels[prefix])
         ax.set_yticks(range(len(methods)), methods)
         ax.invert_yaxis()
         ax.axvline(1.0, color="k", lw=0.8)
         ax.axvline(1.05, color="tab:red", lw=0.8, ls="--", label="1.05 x floor")
-        ax.set_xlim(0.8, highest + 0.05)
+        ax.set_xlim(lowest - 0.05, highest + 0.05)
         ax.set_title(f"{shape}: train step / own floor (prompt tuning: / floor at +100 tokens)")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
