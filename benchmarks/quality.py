@@ -49,13 +49,13 @@ MODES = {
                   source_tasks={"mrpc": Budget(train=1000, steps=20, test=50),
                                 "stsb": Budget(train=1000, steps=20, test=50)},
                   e2e=Budget(train=2000, steps=8, test=40, batch_size=8)),
-    # Medium (about 25 min on one core): SST-2 again with more data and steps and the whole test split
-    # (872 rows), every method, the same sources as quick. E2E with 40 steps and 100 MRs (`--part e2e`;
-    # about 20 min). A medium run on STS-B with 100 steps did not learn (see docs/benchmarks_quality.md).
+    # Medium (about 35 min on one core): SST-2 again with more data and steps and the whole test split
+    # (872 rows), every method, the same sources as quick; E2E with 24 steps (3× quick) and 60 MRs.
+    # A medium run on STS-B with 100 steps did not learn (see docs/benchmarks_quality.md).
     "medium": Mode(tasks={"sst2": Budget(train=10000, steps=100)},
                    source_tasks={"mrpc": Budget(train=1000, steps=20, test=50),
                                  "stsb": Budget(train=1000, steps=20, test=50)},
-                   e2e=Budget(train=5000, steps=40, test=100, batch_size=8)),
+                   e2e=Budget(train=5000, steps=24, test=60, batch_size=8)),
     # Full: every training row, 3 epochs on SST-2 and 20 on the four small tasks, 3 seeds; E2E on a
     # 10K-row training subset for one epoch, the full dev set (547 MRs).
     "full": Mode(tasks={"sst2": Budget(epochs=3), "mrpc": Budget(epochs=20), "stsb": Budget(epochs=20),
