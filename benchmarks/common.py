@@ -154,8 +154,9 @@ def step_clocks_timer(model: nn.Module, batch: dict) -> Callable[[int], list[tup
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def run(n: int) -> list[tuple[float, float]]:
-        step()
+    def run(n: int, warmup: bool = True) -> list[tuple[float, float]]:
+        if warmup:
+            step()
         out = []
         for _ in range(n):
             _sync()
