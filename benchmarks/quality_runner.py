@@ -34,7 +34,7 @@ ADAPTER = {"reduction_factor": 32, "unfreeze_layer_norms": True}    # k = 12 on 
 ADAPTER_LR, PROMPT_LR = 3e-3, 3e-1
 # label -> (method config, learning rate). Compacter's settings scaled to MiniLM; learning rates per
 # family: adapters 3e-3 (Compacter), prompts 0.3 (Lester et al., ATTEMPT), full FT 1e-4. LoRA at 3e-3
-# too: at 1e-3 its loss did not move in 60 steps (0.685 at the end; SST-2 test 53.0), at 3e-3 it
+# too: at 1e-3 its loss did not move in 60 steps (mean 0.685; SST-2 test 53.0), at 3e-3 it
 # reached 81.3 % on SST-2 *validation* (a 60-step check, docs/benchmarks_quality.md).
 GLUE_METHODS = {
     "Full fine-tuning": ({"method": "full"}, 1e-4),
