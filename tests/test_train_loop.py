@@ -232,3 +232,13 @@ def test_multi_task_attempt_gets_task_ids_and_its_attention_is_logged_and_plotte
 def test_multi_task_on_a_classification_head_is_refused(tmp_path):
     with pytest.raises(PeftlabError, match=r"a multi-task run needs a text-to-text model"):
         Trainer(RunConfig.from_dict(tiny_run_config(tmp_path, tasks=["sst2", "cola"])))
+
+
+def test_a_run_without_evaluation_saves_its_final_adapter(tmp_path):
+    from peftlab.io import WEIGHTS_FILE, adapter_state
+    trainer, _ = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "max_steps": 2}))
+    saved = load_file(str(Path(trainer.run_dir) / "adapter" / "default" / WEIGHTS_FILE))
+    expected = adapter_state(trainer.model, "default")
+    assert saved and set(saved) == set(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(saved[key], tensor.detach().cpu())

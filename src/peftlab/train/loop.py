@@ -134,7 +134,7 @@ class Trainer:
         if window:
             self._log_train(window, rate)
         wall = time.perf_counter() - started
-        self._save(best=False)
+        self._save(best=False, final=True)
         self.accelerator.wait_for_everyone()
         return {"steps": state["step"], "epochs": state["step"] / max(batches_per_epoch(sizes, cfg.batch_size), 1),
                 "final_loss": state["last_loss"], "wall_s": wall,
@@ -287,9 +287,10 @@ class Trainer:
             self.state["bad_evals"] += 1
         return improved
 
-    def _save(self, best: bool) -> None:
+    def _save(self, best: bool, final: bool = False) -> None:
         """Write `last` (and `best`): the main process only, with no barrier, since callers differ
-        in what the other processes do meanwhile."""
+        in what the other processes do meanwhile. The adapter folder holds the best weights, or the
+        final ones when no evaluation chose a best (eval_strategy: no)."""
         if not self.main:
             return
         weights = trainable_state(self.model)
@@ -298,6 +299,7 @@ class Trainer:
         # rewrites identically) this best; the other order could leave a state naming a best not on disk
         if best:
             ckpt.save_checkpoint(root / "best", weights, self.state)
+        if best or (final and self.state["best_step"] is None):
             for name in self.adapter_names:
                 pl.save(self.model, self.run_dir / "adapter" / name, name=name)
         ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler,
