@@ -97,28 +97,10 @@ def peftlab_method(model: nn.Module, config):
 
 
 def train_step_timer(model: nn.Module, batch: dict) -> Callable[[int], list[float]]:
-    """Returns run(n) -> n step times (forward + backward + AdamW step), after one warm-up step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=1e-5)   # as the runner does: fused where torch can
-
-    def step():
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def run(n: int) -> list[float]:
-        step()
-        times = []
-        for _ in range(n):
-            _sync()
-            start = time.perf_counter()
-            step()
-            _sync()
-            times.append(time.perf_counter() - start)
-        return times
-
-    return run
+    """Returns run(n) -> n wall-clock step times (forward + backward + AdamW step), after one warm-up
+    step: `step_clocks_timer` with the wall clock only."""
+    clocks = step_clocks_timer(model, batch)
+    return lambda n: [wall for _, wall in clocks(n)]
 
 
 def _sync():
@@ -128,23 +110,14 @@ def _sync():
 
 def interleaved_medians(variants: dict, model: nn.Module, batches: dict, reps: int, steps: int,
                         progress=None) -> dict[str, float]:
-    """Median train-step time per variant. A variant is a context manager factory `ctx(model)` that
-    yields the module to call (attaching on enter, restoring the model on exit); each repetition times
-    every variant once, in a rotating order. `batches[name]` overrides the batch for one variant."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
-    for rep in range(reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
-            with variants[name](model) as runnable:
-                times[name] += train_step_timer(runnable, batches.get(name, batches["default"]))(steps)
-            if progress:
-                progress(name)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median wall-clock train-step time per variant (see `interleaved_clock_medians`)."""
+    medians = interleaved_clock_medians(variants, model, batches, reps, steps, progress)
+    return {name: clocks["wall"] for name, clocks in medians.items()}
 
 
 def step_clocks_timer(model: nn.Module, batch: dict) -> Callable[[int], list[tuple[float, float]]]:
-    """As train_step_timer (same step, same fused AdamW, one warm-up step), but each step's
-    (process CPU seconds, wall seconds). With one thread, CPU time is the step's own work and leaves out
+    """Returns run(n) -> n train steps' (process CPU seconds, wall seconds): forward + backward + fused
+    AdamW, after one warm-up step unless `warmup=False`. With one thread, CPU time is the step's own work and leaves out
     waiting for a core, which wall time on a machine shared with other jobs does not."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr=1e-5)
@@ -171,7 +144,10 @@ def step_clocks_timer(model: nn.Module, batch: dict) -> Callable[[int], list[tup
 
 def interleaved_clock_medians(variants: dict, model: nn.Module, batches: dict, reps: int, steps: int,
                               progress=None) -> dict[str, dict[str, float]]:
-    """As interleaved_medians, but per variant {"cpu": median CPU s, "wall": median wall s} per step."""
+    """Per variant {"cpu": median CPU s, "wall": median wall s} per train step. A variant is a context
+    manager factory `ctx(model)` that yields the module to call (attaching on enter, restoring the model
+    on exit); each repetition times every variant once, in a rotating order. `batches[name]` overrides
+    the batch for one variant."""
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     names = list(variants)
     for rep in range(reps):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,29 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
+from peak_memory import peak_since, start_peak  # noqa: E402
 
 HERE = Path(__file__).parent
-
-
-def _rss_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-
-
-def start_peak() -> int:
-    """Starts a fresh peak window; returns the baseline (bytes) it is measured from."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    Path("/proc/self/clear_refs").write_text("5")    # resets VmHWM (peak RSS) to the current RSS
-    return 1024 * _rss_kib("VmRSS")
-
-
-def peak_since(baseline: int) -> int:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline
-    return 1024 * _rss_kib("VmHWM") - baseline
 
 
 def in_fork(measure_once, *args) -> int:

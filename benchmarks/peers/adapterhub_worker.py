@@ -1,8 +1,8 @@
 """Runs inside benchmarks/.venv-adapters (AdapterHub `adapters` + transformers 4.57): times AdapterHub's
 methods and its own frozen-backbone floor on a peftlab preset's shape, or measures one variant's peak
 training memory, and prints JSON. Self-contained on purpose: peftlab needs transformers 5.x and cannot
-be imported here, so the floor, the batch, the optimizer (fused AdamW) and the memory measure are
-copies of benchmarks/common.py's and benchmarks/memory.py's definitions.
+be imported here, so the floor, the batch and the optimizer (fused AdamW) are copies of
+benchmarks/common.py's definitions; the memory measure is benchmarks/peak_memory.py itself (torch only).
 
     python adapterhub_worker.py --config-json t5-small.json                 # timing, all methods
     python adapterhub_worker.py --config-json t5-small.json --memory floor lora   # peak memory, forked
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -21,6 +20,9 @@ import adapters
 import torch
 import transformers as tf
 from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from peak_memory import peak_since, start_peak  # noqa: E402  (benchmarks/peak_memory.py: torch only)
 
 COMPACTER_REDUCTION = [32]     # set from --compacter-reduction-factor (as speed.py picks it for the shape)
 CONFIGS = {
@@ -112,30 +114,6 @@ def timing(model, batch, names, reps, steps) -> dict:
             model.set_active_adapters(None)
     return {k: {"cpu": statistics.median(c for c, _ in v), "wall": statistics.median(w for _, w in v)}
             for k, v in times.items()}
-
-
-# --- peak memory: the definition in benchmarks/memory.py, copied ----------------------------------
-
-def _rss_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
-
-
-def start_peak() -> int:
-    """Starts a fresh peak window; returns the baseline (bytes) it is measured from."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")         # resets VmHWM (peak RSS) to the current RSS
-    return 1024 * _rss_kib("VmRSS")
-
-
-def peak_since(baseline: int) -> int:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline
-    return 1024 * _rss_kib("VmHWM") - baseline
 
 
 def peak_of(model, batch, name, steps) -> int:
