@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
-from peak_memory import peak_since, start_peak  # noqa: E402
+from peak_memory import peak_since, run_in_fork, start_peak  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -35,20 +35,7 @@ def in_fork(measure_once, *args) -> int:
     """Runs measure_once(*args) -> int in a forked child and returns its result. The child starts from the
     parent's state (imports done, model and batch built, nothing trained), touches only its own copy of
     the model, and its peak is its own; the parent stays as it was for the next variant."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                           # child
-        os.close(read_end)
-        try:
-            result = json.dumps(measure_once(*args))
-        except Exception as err:                           # reported by the parent, never raised past fork
-            result = json.dumps(f"{type(err).__name__}: {err}")
-        os.write(write_end, result.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        result = json.loads(pipe.read() or "null")
-    os.waitpid(pid, 0)
+    result = run_in_fork(measure_once, *args)
     if not isinstance(result, int):
         raise RuntimeError(result)
     return result

@@ -22,7 +22,7 @@ import transformers as tf
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-from peak_memory import peak_since, start_peak  # noqa: E402  (benchmarks/peak_memory.py: torch only)
+from peak_memory import peak_since, run_in_fork, start_peak  # noqa: E402  (benchmarks/peak_memory.py: torch only)
 
 COMPACTER_REDUCTION = [32]     # set from --compacter-reduction-factor (as speed.py picks it for the shape)
 CONFIGS = {
@@ -130,25 +130,6 @@ def peak_of(model, batch, name, steps) -> int:
     return peak_since(baseline)
 
 
-def in_fork(measure_once, *args):
-    """measure_once(*args) in a forked child (as benchmarks/memory.py): a fresh peak per variant."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            result = json.dumps(measure_once(*args))
-        except Exception as err:
-            result = json.dumps(f"{type(err).__name__}: {err}")
-        os.write(write_end, result.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        result = json.loads(pipe.read() or "null")
-    os.waitpid(pid, 0)
-    return result
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config-json", required=True)
@@ -168,7 +149,7 @@ def main():
     adapters.init(model)
     batch = batch_for(model, args.batch_size, args.seq_len)
     if args.memory:
-        out = {f"adapterhub:{name}": in_fork(peak_of, model, batch, name, args.steps) for name in args.memory}
+        out = {f"adapterhub:{name}": run_in_fork(peak_of, model, batch, name, args.steps) for name in args.memory}
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
