@@ -92,23 +92,31 @@ def test_compacter_shares_one_rule_tensor_saved_once():
 
 
 def test_shared_rule_gradient_accumulates_from_every_layer():
-    """Each layer sees the rule through its own graph node; the rule's gradient is their sum."""
+    """The rule's gradient is the sum of what each layer's weight W_j(rule) passes back to it."""
     model = tiny_model("t5")
     pl.attach(model, pl.Compacter(reduction_factor=4, phm_dim=4), name="c")
-    home_rule = model.peftlab_adapters["c"].phm_rule
-    per_layer = []
+    rule = model.peftlab_adapters["c"].phm_rule.phm_rule
+    layers = _layers(model)
+    upstream = {}
+    bank = layers[0].bank
+    build_weight = bank.weight
 
-    def value():
-        node = home_rule.phm_rule * 1.0
-        node.register_hook(lambda g: per_layer.append(g.clone()))
-        return node
+    def weight(layer):
+        W = build_weight(layer)
+        W.register_hook(lambda g: upstream.__setitem__(layer, g.clone()))
+        return W
 
-    home_rule.value = value
+    bank.weight = weight
     model.train()
     model(**tiny_batch("t5")).loss.backward()
-    assert len(per_layer) == len(_layers(model))
-    assert all(g.abs().sum() > 0 for g in per_layer)
-    torch.testing.assert_close(home_rule.phm_rule.grad, torch.stack(per_layer).sum(0), rtol=1e-5, atol=1e-12)
+    assert set(upstream) == set(layers)
+    contributions = []
+    for layer in layers:
+        leaf = rule.detach().requires_grad_()
+        W = kronecker_sum(leaf, low_rank_product(layer.blocks.W_left, layer.blocks.W_right).detach())
+        contributions.append(torch.autograd.grad((W * upstream[layer]).sum(), leaf)[0])
+    assert all(c.abs().sum() > 0 for c in contributions)
+    torch.testing.assert_close(rule.grad, torch.stack(contributions).sum(0), rtol=1e-5, atol=1e-12)
 
 
 def test_phm_adapter_has_its_own_rule_per_layer():

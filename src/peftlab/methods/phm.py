@@ -25,9 +25,10 @@ from torch import nn
 
 from ..config import check
 from ..errors import PeftlabError
-from ..ops.phm import kronecker_sum, low_rank_product
+from ..ops.phm import kronecker_sums, low_rank_product
 from ..registry import register_method
 from .bottleneck import Bottleneck, NonLinearity, build_bottleneck
+from .phm_bank import PHMBank
 
 WeightInit = Literal["glorot-uniform", "glorot-normal", "normal"]
 SHARED_RULE_RANGE, LAYER_RULE_RANGE = 1e-4, 1e-2
@@ -107,6 +108,9 @@ class PHMRule(nn.Module):
             return low_rank_product(self.phm_rule_left, self.phm_rule_right)
         return self.phm_rule
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.phm_rule_left, self.phm_rule_right) if self.factorized else (self.phm_rule,)
+
 
 def _init_block(tensor: torch.Tensor, how: str, init_range: float) -> None:
     """Glorot per block B_i (fan-in and fan-out are the block's own sizes), or N(0, init_range)."""
@@ -140,20 +144,26 @@ class PHMBlocks(nn.Module):
     def value(self) -> torch.Tensor:
         return low_rank_product(self.W_left, self.W_right) if self.factorized else self.W
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.W_left, self.W_right) if self.factorized else (self.W,)
+
 
 class PHMLinear(nn.Module):
-    """y = x W + b with W = kronecker_sum(rule, blocks) (in x out), built once per call.
+    """y = x W + b with W = kronecker_sum(rule, blocks) (in x out), built once per forward by its `bank`
+    together with the weights of every PHM layer of the same shape in the attachment.
 
     A shared rule or shared blocks are referenced, not registered here: their one home is the
     adapter's home module, so they are saved once and `.parameters()` of a layer lists only its own."""
 
     def __init__(self, in_features: int, out_features: int, rule: PHMRule, blocks: PHMBlocks,
-                 shared_rule: bool, shared_blocks: bool):
+                 shared_rule: bool, shared_blocks: bool, bank: "PHMBank | None" = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._attach("rule", rule, shared_rule)
         self._attach("blocks", blocks, shared_blocks)
         self.bias = nn.Parameter(torch.zeros(out_features))
+        self.bank = bank or PHMBank()
+        self.bank.add(self)
 
     def _attach(self, attr: str, module: nn.Module, shared: bool) -> None:
         if shared:
@@ -162,7 +172,7 @@ class PHMLinear(nn.Module):
             setattr(self, attr, module)
 
     def phm_weight(self) -> torch.Tensor:
-        return kronecker_sum(self.rule.value(), self.blocks.value())
+        return self.bank.weight(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, x.reshape(-1, self.in_features), self.phm_weight()).reshape(
@@ -193,6 +203,8 @@ class PHMFactory:
         self.placement = {"device": first.device,
                           "dtype": first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32}
         self.home = target.home() if shared_phm_rule or shared_W_phm else None
+        self.bank = PHMBank()
+        target.add_hook(target.model.register_forward_pre_hook, self.bank.clear)
         if shared_phm_rule:
             self.home.phm_rule = self._new_rule()
 
@@ -216,7 +228,7 @@ class PHMFactory:
                                f"(or change reduction_factor)")
         rule = self.home.phm_rule if self.shared_rule else self._new_rule()
         blocks = self._blocks(in_features // self.n, out_features // self.n)
-        return PHMLinear(in_features, out_features, rule, blocks, self.shared_rule, self.shared_blocks)
+        return PHMLinear(in_features, out_features, rule, blocks, self.shared_rule, self.shared_blocks, self.bank)
 
 
 def build_phm_adapter(target, **kwargs):
