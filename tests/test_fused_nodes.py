@@ -33,7 +33,7 @@ def test_residual_bottleneck_skips_the_input_gradient_when_h_needs_none():
     assert h.grad is None and all(w.grad is not None for w in weights)
 
 
-def test_kronecker_sum_node_matches_the_view_composition_in_value_and_gradient():
+def test_kronecker_sum_equals_explicit_kron_products_in_value_and_gradient():
     g = torch.Generator().manual_seed(1)
     rules = torch.randn(3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     blocks = torch.randn(3, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
