@@ -12,7 +12,8 @@ import peftlab as pl
 from peftlab.core import named_base_parameters
 from peftlab.errors import PeftlabError
 from peftlab.methods.intrinsic import IntrinsicDID
-from peftlab.ops.fastfood import FastfoodPieces, draw_pieces, fastfood, next_power_of_two
+from peftlab.ops.fastfood import (FastfoodPieces, Workspace, draw_pieces, fastfood, fastfood_rows, next_power_of_two,
+                                  row_offsets)
 from tiny import tiny_batch, tiny_model
 
 
@@ -235,3 +236,74 @@ def test_gradient_checkpointing_is_refused_in_training():
     assert all(isinstance(p, torch.nn.Parameter) for _, p in named_base_parameters(model))
     model.activation_checkpointing_disable()
     model(**tiny_batch("gpt2")).loss.backward()
+
+
+# --- the reused workspace of the long transform ---------------------------------------------------------
+
+def _rows_inputs(seed, k=3, length=64, short=8):
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (k, short), generator=g).double() * 2 - 1
+    index = row_offsets(torch.stack([torch.randperm(length, generator=g) % short for _ in range(k)]).int(), short)
+    gauss = torch.randn(k, length, generator=g, dtype=torch.float64)
+    return signs, index, gauss
+
+
+@pytest.mark.parametrize("sizes", [(64, 64, 64), (50, 64, 1), (33, 17, 64)])
+def test_fastfood_rows_in_a_workspace_equal_fresh_buffers_and_pass_gradcheck(sizes):
+    signs, index, gauss = _rows_inputs(0)
+    z = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    workspace = Workspace()
+    fresh = fastfood_rows(z, signs, index, gauss, lam, sizes)
+    reused = fastfood_rows(z, signs, index, gauss, lam, sizes, workspace)
+    assert [r.shape[0] for r in reused] == list(sizes)
+    for a, b in zip(fresh, reused):
+        torch.testing.assert_close(a, b)
+
+    weights = [torch.randn(size, dtype=torch.float64) for size in sizes]
+
+    def weighted(z, lam):        # uses the rows at once and keeps none, as the forward hook's θ⁰ + δ does
+        rows = fastfood_rows(z, signs, index, gauss, lam, sizes, workspace)
+        return sum((w * row).sum() for w, row in zip(weights, rows))
+    assert torch.autograd.gradcheck(weighted, (z, lam))
+
+
+def test_workspace_rows_survive_a_second_forward_before_backward():
+    """Gradient accumulation: two forwards overwrite the buffers before either backward runs."""
+    signs, index, gauss = _rows_inputs(1)
+    z = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    one = torch.ones(3, dtype=torch.float64)
+    workspace = Workspace()
+    weights = [torch.randn(size, dtype=torch.float64) for size in (64, 40, 64)]
+
+    def loss(z, workspace=None):
+        return sum((w * row).sum() for w, row in zip(weights, fastfood_rows(z, signs, index, gauss, one, (64, 40, 64),
+                                                                            workspace)))
+    first, second = loss(z, workspace), loss(z * 2, workspace)
+    buffers = [t.data_ptr() for t in workspace.buffers]
+    (first + 3 * second).backward()
+    expected = torch.autograd.grad(loss(z) + 3 * loss(z * 2), z)[0]
+    torch.testing.assert_close(z.grad, expected)
+    assert [t.data_ptr() for t in workspace.buffers] == buffers        # the same memory, step after step
+
+
+def test_a_trained_said_model_can_be_copied():
+    import copy
+    model = tiny_model("t5")
+    pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=200), name="s")
+    model.train()
+    model(**tiny_batch("t5")).loss.backward()
+    twin = copy.deepcopy(model)
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(**tiny_batch("t5")).logits, model(**tiny_batch("t5")).logits)
+
+
+def test_a_row_no_one_used_contributes_nothing():
+    signs, index, gauss = _rows_inputs(2)
+    z = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    one = torch.ones(3, dtype=torch.float64)
+    rows = fastfood_rows(z, signs, index, gauss, one, (64, 64, 64), Workspace())
+    (rows[0].sum() + rows[2].sum()).backward()
+    fresh = fastfood_rows(z, signs, index, gauss, one, (64, 64, 64))
+    torch.testing.assert_close(z.grad, torch.autograd.grad(fresh[0].sum() + fresh[2].sum(), z)[0])

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
-from ..ops.fastfood import draw_pieces, fastfood_rows, next_power_of_two, row_offsets
+from ..ops.fastfood import Workspace, draw_pieces, fastfood_rows, next_power_of_two, row_offsets
 from ..registry import register_method
 from ..surgery import named_base_modules
 
@@ -97,6 +97,7 @@ class IntrinsicProjector(nn.Module):
         for i, size in enumerate(self.sizes):
             by_length.setdefault(next_power_of_two(size), []).append(i)
         self.groups = [_Group(length, members) for length, members in sorted(by_length.items())]
+        self.workspaces = [Workspace() for _ in self.groups]     # reused by the forward hook's deltas
         # drawn group by group (a fixed order, so the seed reproduces them) to keep the peak memory
         # at one group's pieces on top of the stacked buffers
         for g, group in enumerate(self.groups):
@@ -121,8 +122,9 @@ class IntrinsicProjector(nn.Module):
             return None
         return self.said_lambda if members is None else self.said_lambda[members]
 
-    def deltas(self) -> list[torch.Tensor]:
-        """Flat λ_i P_i(z) for every tensor, in the order of `sizes`."""
+    def deltas(self, scratch: bool = False) -> list[torch.Tensor]:
+        """Flat λ_i P_i(z) for every tensor, in the order of `sizes`. `scratch`: compute in reused buffers;
+        the results are then valid only until the next scratch call (for a caller that consumes them)."""
         if self.projection == "dense":
             flat = self.dense @ self.z
             out = list(flat.split(self.sizes))
@@ -133,11 +135,10 @@ class IntrinsicProjector(nn.Module):
             scale = getattr(self, f"ff{g}_scale")
             lam = self._lambdas(group.members)
             rows = fastfood_rows(self.z, getattr(self, f"ff{g}_signs"), getattr(self, f"ff{g}_index"),
-                                 getattr(self, f"ff{g}_gauss"), scale if lam is None else scale * lam)
-            # unbind, not rows[r]: indexing row by row would make backward build a full (k, L) zero
-            # tensor per row, i.e. k² L work for a group of k tensors
-            for row, i in zip(rows.unbind(0), group.members):
-                out[i] = row if row.shape[0] == self.sizes[i] else row[:self.sizes[i]]
+                                 getattr(self, f"ff{g}_gauss"), scale if lam is None else scale * lam,
+                                 [self.sizes[i] for i in group.members], self.workspaces[g] if scratch else None)
+            for row, i in zip(rows, group.members):
+                out[i] = row
         return out
 
 
@@ -171,7 +172,7 @@ class Substitution:
             self._restore()
 
     def _apply(self) -> None:
-        deltas = self.projector.deltas()
+        deltas = self.projector.deltas(scratch=True)   # consumed right here
         new = []   # compute everything first, so a failure leaves the model untouched
         for tensor, delta, places in zip(self.tensors, deltas, self.places):
             module, attr = places[0]

@@ -60,15 +60,17 @@ def _digit_sizes(bits: int, radix_bits: int) -> list[int]:
 
 
 @torch.no_grad()   # writes into buffers (out=); gradients come from the autograd Function below
-def _transform_digits(y: torch.Tensor, inner: int, sizes: list[int]) -> torch.Tensor:
+def _transform_digits(y: torch.Tensor, inner: int, sizes: list[int], buffers=None) -> torch.Tensor:
     """Apply H_m on each digit in `sizes`, lowest first; `inner` = product of digits already done.
 
     `y` is (rows, L). The digit of size m with `inner` lower values sits on the middle axis of
     y.view(-1, m, inner), so H_m @ that view transforms it without moving the other digits.
     Stages write into two buffers in turn: a fresh large allocation per stage costs page faults that
-    were measured at about a third of the CPU time."""
-    rows, length = y.shape
-    buffers = [torch.empty(y.shape, dtype=y.dtype, device=y.device) for _ in range(min(2, len(sizes)))]
+    were measured at about a third of the CPU time. `buffers`: the caller's pair (y may be one of them)."""
+    if buffers is None:
+        buffers = [torch.empty(y.shape, dtype=y.dtype, device=y.device) for _ in range(min(2, len(sizes)))]
+    elif y is buffers[0]:
+        buffers = buffers[::-1]          # never write a stage into its own input
     for stage, m in enumerate(sizes):
         H = hadamard_matrix(m, y.dtype, y.device)
         out = buffers[stage % 2]
@@ -105,6 +107,15 @@ def fwht_raw(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] == 1:
         return x.clone()
     return _fwht_cuda(x) if _use_cuda_kernel(x) else _fwht_torch(x)
+
+
+def fwht_in_workspace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """H a along the last axis of the 2-D `a`, computed in `a` and `b` (same shape; both overwritten).
+    Returns whichever holds the result (on CUDA with the optional kernel: a new tensor). No autograd."""
+    _check_power_of_two(a.shape[-1])
+    if a.shape[-1] == 1 or _use_cuda_kernel(a):
+        return fwht_raw(a)
+    return _transform_digits(a, 1, _digit_sizes(a.shape[-1].bit_length() - 1, RADIX_BITS), (a, b))
 
 
 class _WalshHadamard(torch.autograd.Function):
