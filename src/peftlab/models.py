@@ -2,8 +2,11 @@
 directories, the offline pretrained models shipped in PyPI packages (DESIGN §5), or any hub id."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -67,8 +70,70 @@ def offline_path(name: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) / inner
 
 
+_gguf_block_open = False
+
+
+@contextmanager
+def gguf_parsed_once():
+    """Inside this block each GGUF file is parsed once. transformers parses the whole file again for
+    every object it builds from it (the config, each time one is needed, the weights, the tokenizer):
+    five parses of ~7 s each per run for SmolLM2. Here the parsed `gguf.GGUFReader` (read from only:
+    its arrays are a read-only memory map) is shared, and so is the metadata transformers converts
+    from it (a copy each time, as callers edit it); the weights' conversion still redoes the metadata
+    (~6 s) and transformers' quick header scan (`read_gguf_metadata`, ~0.1 s) still runs per object.
+    Nested blocks share the outer block's parse."""
+    global _gguf_block_open
+    if _gguf_block_open:
+        yield
+        return
+    patches = _gguf_sharing_patches()
+    _gguf_block_open = True
+    for module, name, _, shared in patches:
+        setattr(module, name, shared)
+    try:
+        yield
+    finally:    # the shared parses (and their memory maps) go with the block
+        for module, name, original, _ in patches:
+            setattr(module, name, original)
+        _gguf_block_open = False
+
+
+def _gguf_sharing_patches() -> list[tuple]:
+    """(module, name, original, shared) for the two functions that parse a GGUF file in transformers."""
+    try:
+        import gguf
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:         # no GGUF support installed: nothing parses a GGUF file anyway
+        return []
+    parse, convert = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+    readers: dict = {}
+    metadata: dict = {}
+
+    def shared_reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = parse(path, mode)
+        return readers[key]
+
+    def shared_metadata(path, return_tensors=False, model_to_load=None, torch_dtype=None):
+        if return_tensors or model_to_load is not None or torch_dtype is not None:   # the weights: once anyway
+            return convert(path, return_tensors, model_to_load, torch_dtype)
+        key = os.path.realpath(path)
+        if key not in metadata:
+            metadata[key] = convert(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
+
+    return [(gguf, "GGUFReader", parse, shared_reader),
+            (gguf_utils, "load_gguf_checkpoint", convert, shared_metadata)]
+
+
 def load_pretrained(name: str, head=None, **kwargs):
     """A pretrained model by hub id, local dir, or offline package name; returns (model, tokenizer)."""
+    with gguf_parsed_once():
+        return _load_pretrained(name, head, **kwargs)
+
+
+def _load_pretrained(name: str, head=None, **kwargs):
     path = offline_path(name)
     if path is not None and path.suffix == ".gguf":
         kwargs.setdefault("gguf_file", path.name)

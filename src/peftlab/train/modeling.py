@@ -10,7 +10,7 @@ import transformers as tf
 import peftlab as pl
 
 from ..errors import PeftlabError
-from ..models import load_pretrained
+from ..models import gguf_parsed_once, load_pretrained
 from ..tasks import Task
 from .schema import RunConfig
 
@@ -41,6 +41,21 @@ def hf_config_of(name: str):
 
 def build_model(config: RunConfig, tasks: list[Task]):
     """(model, tokenizer, kind) with the method attached; the head is sized for the (first) task."""
+    with gguf_parsed_once():    # a GGUF model's file is parsed here, and the parse reused to load it
+        model, tokenizer, kind = _load_base(config, tasks)
+    if config.model.tokenizer:
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(config.model.tokenizer)
+        except (OSError, ValueError) as err:
+            raise PeftlabError(f"cannot load tokenizer '{config.model.tokenizer}': "
+                               f"{str(err).splitlines()[0]}") from None
+    _fix_special_tokens(model, tokenizer, kind)
+    attach_method(model, config, tasks)
+    return model, tokenizer, kind
+
+
+def _load_base(config: RunConfig, tasks: list[Task]):
+    """(model, tokenizer, kind): the pretrained model with the head the run's kind needs."""
     hf_config = hf_config_of(config.model.name)
     kind = model_kind(config, hf_config)
     heads = {"classification": tf.AutoModelForSequenceClassification, "seq2seq": tf.AutoModelForSeq2SeqLM,
@@ -55,14 +70,6 @@ def build_model(config: RunConfig, tasks: list[Task]):
                                   else "single_label_classification")
     with _quiet_transformers():
         model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
-    if config.model.tokenizer:
-        try:
-            tokenizer = tf.AutoTokenizer.from_pretrained(config.model.tokenizer)
-        except (OSError, ValueError) as err:
-            raise PeftlabError(f"cannot load tokenizer '{config.model.tokenizer}': "
-                               f"{str(err).splitlines()[0]}") from None
-    _fix_special_tokens(model, tokenizer, kind)
-    attach_method(model, config, tasks)
     return model, tokenizer, kind
 
 
