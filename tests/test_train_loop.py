@@ -243,3 +243,17 @@ def test_a_run_without_evaluation_saves_its_final_adapter(tmp_path):
     assert saved and set(saved) == set(expected)
     for key, tensor in expected.items():
         assert torch.equal(saved[key], tensor.detach().cpu())
+
+
+def test_eval_strategy_no_never_evaluates_validation(tmp_path, monkeypatch):
+    evaluated = []
+    evaluate_split = Trainer.evaluate_split
+    monkeypatch.setattr(Trainer, "evaluate_split",
+                        lambda self, split: evaluated.append(split) or evaluate_split(self, split))
+    trainer, results = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "eval_steps": 1}))
+    assert evaluated == ["test"]            # once, after the last step: the documented result table
+    assert set(results["tasks"]["sst2"]) == {"test"} and set(results["average"]) == {"test"}
+    assert results["best_step"] is None and results["train"]["steps"] == 3
+    records = [json.loads(line) for line in (Path(trainer.run_dir) / "log.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "eval"]
+    assert "the final step's" in (Path(trainer.run_dir) / "report.md").read_text()

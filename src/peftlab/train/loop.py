@@ -306,7 +306,8 @@ class Trainer:
                              self.config.train.keep_last)
 
     def run(self) -> dict | None:
-        """Train, then evaluate the best checkpoint on validation and test; write results and report."""
+        """Train, then evaluate the best checkpoint on validation and test (eval_strategy: no, the final
+        weights on test only); write results and report."""
         summary = self.fit()
         results = None
         if self.main:
@@ -320,7 +321,9 @@ class Trainer:
     def _results(self, summary: dict) -> dict:
         from .report import averages, write_report
         per_task: dict = {t.name: {} for t in self.tasks}
-        for split in ("validation", "test"):
+        # eval_strategy: no asks for no validation: no checkpoint is chosen on it, so test is the result
+        splits = ("test",) if self.config.train.eval_strategy == "no" else ("validation", "test")
+        for split in splits:
             # the best checkpoint's validation scores are known already: skip re-evaluating them
             known = self.state.get("best_scores") if split == "validation" else None
             for task, metrics in (known or self.evaluate_split(split)).items():

@@ -52,7 +52,13 @@ def write_report(run_dir: Path, results: dict) -> None:
              f"- steps: {train.get('steps')}, epochs: {train.get('epochs', 0):.2f}, "
              f"final train loss: {train.get('final_loss', float('nan')):.4f}",
              f"- wall time: {train.get('wall_s', 0):.1f} s, {train.get('examples_per_s', 0):.1f} examples/s",
-             f"- best checkpoint: step {results.get('best_step')} (average validation metric)", "",
+             _weights_line(results.get("best_step")), "",
              "## Results", "", table(results, markdown=True), "",
              "Plots: `peftlab plot RUN_DIR` writes `plots/*.png` (loss, metrics, mixing weights).", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _weights_line(best_step) -> str:
+    if best_step is None:       # eval_strategy: no
+        return "- evaluated weights: the final step's (no evaluation chose a best checkpoint)"
+    return f"- best checkpoint: step {best_step} (average validation metric)"
