@@ -62,10 +62,10 @@ def prepare(model, name: str, stack: ExitStack):
     return stack.enter_context(common.peftlab_method(copy_, configs[name]))
 
 
-def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple[float, float, float, float]]:
-    """Per variant: (median cpu, median wall, fastest cpu) seconds per train step, and the paired ratio
-    to the floor: the median over repetitions of (this variant's / the floor's median cpu time in that
-    repetition), which cancels drift slower than one repetition."""
+def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple]:
+    """Per variant: (median cpu, median wall, fastest cpu) seconds per train step, the paired ratio to the
+    floor: the median over repetitions of (this variant's / the floor's median cpu time in that
+    repetition), which cancels drift slower than one repetition, and that ratio's quartiles."""
     with ExitStack() as stack:
         runners = {}
         for name in names:
@@ -81,19 +81,28 @@ def step_medians(model, batch, names, reps: int, steps: int) -> dict[str, tuple[
                 per_rep[name].append(statistics.median(c for c, _ in block))
             print(f"  repetition {rep + 1}/{reps}: " + ", ".join(
                 f"{n} {statistics.median(c for c, _ in t):.3f}s" for n, t in times.items()), flush=True)
-    paired = {name: statistics.median(a / b for a, b in zip(per_rep[name], per_rep["floor"])) for name in names}
+    ratios = {name: [a / b for a, b in zip(per_rep[name], per_rep["floor"])] for name in names}
     return {name: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t), min(c for c, _ in t),
-                   paired[name]) for name, t in times.items()}
+                   statistics.median(ratios[name]), _quartiles(ratios[name])) for name, t in times.items()}
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartile of the per-repetition ratios: how far one repetition's ratio spreads."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def report(args, fwht_times, medians) -> str:
-    cpu = {name: c for name, (c, _, _, _) in medians.items()}
-    paired = {name: r for name, (_, _, _, r) in medians.items()}
+    cpu = {name: c for name, (c, *_) in medians.items()}
+    paired = {name: r for name, (_, _, _, r, _) in medians.items()}
+    spread = {name: q for name, (*_, q) in medians.items()}
     floor, full = cpu["floor"], cpu.get("full")
     fastest_floor = medians["floor"][2]
     rows = [f"| {name} | {c:.3f} | {r:.3f} | {c / floor:.3f} | {f'{c / full:.3f}' if full else '—'} | "
             f"{m / fastest_floor:.3f} | {w:.3f} | {w / medians['floor'][1]:.3f} |"
-            for name, (c, w, m, r) in medians.items()]
+            for name, (c, w, m, r, _) in medians.items()]
     lines = [
         "# Compacter family and Intrinsic SAID: speed",
         "",
@@ -123,7 +132,8 @@ def report(args, fwht_times, medians) -> str:
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        *(f"- {name} / floor = {paired[name]:.3f} paired, {cpu[name] / floor:.3f} of the medians, "
+        *(f"- {name} / floor = {paired[name]:.3f} paired (quartiles of the repetitions {spread[name][0]:.3f}–"
+          f"{spread[name][1]:.3f}), {cpu[name] / floor:.3f} of the medians, "
           f"{medians[name][2] / fastest_floor:.3f} fastest step (goal <= 1.05): "
           f"{'holds' if paired[name] <= 1.05 else 'does not hold'}" for name in ("compacter", "compacter++")
           if name in paired),
