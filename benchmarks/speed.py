@@ -236,7 +236,8 @@ def main(argv=None):
 def render(out: Path) -> None:
     import speed_report
     saved = json.loads(out.with_suffix(".json").read_text())
-    out.write_text(speed_report.to_markdown(saved["results"], notes=out.with_name(out.stem + "_notes.md")))
+    out.write_text(speed_report.to_markdown(saved["results"], notes=out.with_name(out.stem + "_notes.md"),
+                                            image=out.with_suffix(".png").name))
     speed_report.plot(saved["results"], out.with_suffix(".png"))
     print(out.read_text())
 

@@ -126,7 +126,7 @@ def _versus(ours: dict, values: dict) -> str:
     return verdict + (f" (holds: {'; '.join(parts)})" if parts else "")
 
 
-def to_markdown(results: dict, notes: Path | None = None) -> str:
+def to_markdown(results: dict, notes: Path | None = None, image: str = "speed.png") -> str:
     lines = ["# Train step and training memory: ratios to the frozen-backbone floor", "",
              "Random weights (speed does not depend on them). Every ratio is between two numbers from the same "
              "run. The **floor** is the same model and batch with everything frozen except one scalar scaling "
@@ -151,7 +151,7 @@ def to_markdown(results: dict, notes: Path | None = None) -> str:
     lines += goal_lines(results)
     if notes is not None and notes.exists():
         lines += [notes.read_text()]
-    lines.append("![ratios to the floor](speed.png)")
+    lines.append(f"![ratios to the floor]({image})")
     return "\n".join(lines) + "\n"
 
 
