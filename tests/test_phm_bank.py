@@ -146,3 +146,28 @@ def test_gradients_match_layer_by_layer_weights(kwargs):
     assert banked.keys() == separate.keys() and banked
     for name in banked:
         torch.testing.assert_close(banked[name], separate[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing_gives_the_same_gradients(reentrant):
+    """Re-run layers take their weights from the bank again (a no-grad first pass when re-entrant)."""
+    grads = []
+    for checkpointing in (False, True):
+        model = _compacter()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.1)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model(**tiny_batch("t5")).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    plain, checkpointed = grads
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
