@@ -66,11 +66,10 @@ def _transform_digits(y: torch.Tensor, inner: int, sizes: list[int], buffers=Non
     `y` is (rows, L). The digit of size m with `inner` lower values sits on the middle axis of
     y.view(-1, m, inner), so H_m @ that view transforms it without moving the other digits.
     Stages write into two buffers in turn: a fresh large allocation per stage costs page faults that
-    were measured at about a third of the CPU time. `buffers`: the caller's pair (y may be one of them)."""
+    were measured at about a third of the CPU time. `buffers`: the caller's pair, written in that order
+    (y may be the second: no stage writes into its own input)."""
     if buffers is None:
         buffers = [torch.empty(y.shape, dtype=y.dtype, device=y.device) for _ in range(min(2, len(sizes)))]
-    elif y is buffers[0]:
-        buffers = buffers[::-1]          # never write a stage into its own input
     for stage, m in enumerate(sizes):
         H = hadamard_matrix(m, y.dtype, y.device)
         out = buffers[stage % 2]
@@ -115,7 +114,7 @@ def fwht_in_workspace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     _check_power_of_two(a.shape[-1])
     if a.shape[-1] == 1 or _use_cuda_kernel(a):
         return fwht_raw(a)
-    return _transform_digits(a, 1, _digit_sizes(a.shape[-1].bit_length() - 1, RADIX_BITS), (a, b))
+    return _transform_digits(a, 1, _digit_sizes(a.shape[-1].bit_length() - 1, RADIX_BITS), (b, a))
 
 
 class _WalshHadamard(torch.autograd.Function):
