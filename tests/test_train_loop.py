@@ -257,3 +257,12 @@ def test_eval_strategy_no_never_evaluates_validation(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (Path(trainer.run_dir) / "log.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["kind"] == "eval"]
     assert "the final step's" in (Path(trainer.run_dir) / "report.md").read_text()
+
+
+def test_a_run_without_mixing_weights_probes_them_once(tmp_path, monkeypatch):
+    """The probe forward on validation rows runs at the first log only when nothing records mixing weights."""
+    probes = []
+    original = Trainer._probe_batch
+    monkeypatch.setattr(Trainer, "_probe_batch", lambda self: probes.append(1) or original(self))
+    trainer, _ = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "max_steps": 3, "log_steps": 1}))
+    assert len(probes) == 1 and not (trainer.run_dir / "mixing_weights.jsonl").exists()

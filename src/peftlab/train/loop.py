@@ -58,6 +58,9 @@ class Trainer:
         set_seed(config.train.seed)
         self.model, self.tokenizer, self.kind = build_model(config, self.tasks)
         self.task_ids = uses_task_ids(self.model)
+        # mixing weights are probed on validation rows at each log; a model whose first probe records none
+        # has no mixing module (attachments are fixed for the run), so later logs skip the extra forward
+        self.probe_mixing = True
         self.adapter_names = list(pl.adapters(self.model))
         self.train_sets = [encode(self.kind, self.tokenizer, t, i, s["train"], config.model.max_length,
                                   config.model.max_target_length) for i, (t, s) in enumerate(zip(self.tasks, self.splits))]
@@ -222,10 +225,11 @@ class Trainer:
                   "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
                   "examples_per_s": rate}
         self.log.write(record)
-        if self.main:
+        if self.main and self.probe_mixing:
             seen = observe_mixing(self.model, self._probe_batch())
             if seen:
                 self.log.write({"step": self.state["step"], "series": seen}, MIXING)
+            self.probe_mixing = bool(seen)
 
     def _probe_batch(self) -> dict:
         """A few validation rows per task, for observing mixing weights on a fixed input."""
