@@ -30,6 +30,7 @@ import common  # noqa: E402  (benchmarks/common.py: build, batch_for, floor, ful
 
 import peftlab as pl  # noqa: E402
 from peftlab.ops.fwht import fwht_raw  # noqa: E402
+from peftlab.train.allocator import keep_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "compacter_speed.md"
 VARIANTS = ("floor", "compacter", "compacter++", "full", "said")
@@ -94,7 +95,7 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q1, q3
 
 
-def report(args, fwht_times, medians) -> str:
+def report(args, fwht_times, medians, allocator: str) -> str:
     cpu = {name: c for name, (c, *_) in medians.items()}
     paired = {name: r for name, (_, _, _, r, _) in medians.items()}
     spread = {name: q for name, (*_, q) in medians.items()}
@@ -107,10 +108,10 @@ def report(args, fwht_times, medians) -> str:
         "# Compacter family and Intrinsic SAID: speed",
         "",
         f"Machine: {platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-        f"shared with other jobs, so only ratios taken in this one run mean anything.",
+        f"shared with other jobs, so only ratios taken in this one run mean anything. Memory allocator: {allocator}.",
         f"Command: `.venv/bin/python benchmarks/compacter_speed.py --preset {args.preset} --batch {args.batch} "
         f"--seq {args.seq} --reps {args.reps} --steps {args.steps} --threads {args.threads} "
-        f"--variants {' '.join(medians)}`",
+        f"--variants {' '.join(medians)}{' --default-allocator' if args.default_allocator else ''}`",
         "",
         "## Fast Walsh–Hadamard transform, 2^24 float32 values (goal: well under 1 s)",
         "",
@@ -153,16 +154,23 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="variants to time (the floor is always timed)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the runner keeps freed memory: train/allocator.py)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.default_allocator:
+        allocator = "glibc's defaults (freed activations go back to the kernel)"
+    else:
+        allocator = ("the runner's: freed memory kept between steps (`train.keep_freed_memory`)" if keep_freed_memory()
+                     else "unchanged (not glibc, or malloc tuned by the environment)")
     fwht_times = time_fwht()
     print(f"FWHT 2^24: best {fwht_times[0]:.3f}s", flush=True)
     model = common.build(args.preset)
     batch = common.batch_for(model, args.batch, args.seq)
     names = ["floor", *[v for v in args.variants if v != "floor"]]
     medians = step_medians(model, batch, names, args.reps, args.steps)
-    text = report(args, fwht_times, medians)
+    text = report(args, fwht_times, medians, allocator)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
     print(text)

@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .batches import batches_per_epoch, epoch_batches, shard
 from .data import collate, encode, label_count
 from .evaluate import evaluate
+from .allocator import keep_freed_memory
 from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids
 from .optim import build_optimizer, loss_sum
@@ -39,6 +40,8 @@ class Trainer:
         self.config, self.resume = config, resume
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if config.train.keep_freed_memory:
+            keep_freed_memory()
         precision = "bf16" if config.train.precision == "bf16" else "no"
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=config.adapters == "per_task")]
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:

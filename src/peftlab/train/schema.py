@@ -133,6 +133,7 @@ class TrainSection(Section):
     tensorboard: bool = True
     progress_bar: bool = True
     threads: int | None = None            # torch CPU threads per process; None: torch's default
+    keep_freed_memory: bool = True        # glibc: reuse freed memory across steps (train/allocator.py)
     keep_last: int = 1                    # "last" checkpoints kept (plus best); older ones as step-N
 
     def check(self):
