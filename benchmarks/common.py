@@ -158,3 +158,15 @@ def interleaved_clock_medians(variants: dict, model: nn.Module, batches: dict, r
                 progress(name)
     return {k: {"cpu": statistics.median(c for c, _ in v), "wall": statistics.median(w for _, w in v)}
             for k, v in times.items()}
+
+
+def set_allocator(default: bool) -> str:
+    """Applies the runner's allocator setting (freed memory kept between steps: peftlab.train.allocator) unless
+    `default`; returns how the process's malloc is set, for the report."""
+    from peftlab.train.allocator import keep_freed_memory
+    if default:
+        return "glibc's defaults (freed activations go back to the kernel)"
+    if keep_freed_memory():
+        return "the runner's: freed memory kept between steps (`train.keep_freed_memory`)"
+    return "unchanged (not glibc, or malloc tuned by the environment)"
+

@@ -30,7 +30,6 @@ import common  # noqa: E402  (benchmarks/common.py: build, batch_for, floor, ful
 
 import peftlab as pl  # noqa: E402
 from peftlab.ops.fwht import fwht_raw  # noqa: E402
-from peftlab.train.allocator import keep_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "compacter_speed.md"
 VARIANTS = ("floor", "compacter", "compacter++", "full", "said")
@@ -159,11 +158,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.default_allocator:
-        allocator = "glibc's defaults (freed activations go back to the kernel)"
-    else:
-        allocator = ("the runner's: freed memory kept between steps (`train.keep_freed_memory`)" if keep_freed_memory()
-                     else "unchanged (not glibc, or malloc tuned by the environment)")
+    allocator = common.set_allocator(args.default_allocator)
     fwht_times = time_fwht()
     print(f"FWHT 2^24: best {fwht_times[0]:.3f}s", flush=True)
     model = common.build(args.preset)

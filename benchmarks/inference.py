@@ -251,9 +251,12 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the runner keeps freed memory: train/allocator.py)")
     parser.add_argument("--out", default=str(RESULTS / "inference.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    allocator = common.set_allocator(args.default_allocator)
     torch.manual_seed(0)
     results = {}
     for shape in args.models:
@@ -261,7 +264,8 @@ def main(argv=None):
         results[shape] = interleaved(variants(bare, ours, theirs), batch, args.reps, args.calls)
         print(shape, {k: round(v, 3) for k, v in ratios(results[shape]).items()}, flush=True)
         del bare, ours, theirs
-    meta = {"machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+    meta = {"machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+                       f"memory allocator: {allocator}",
             "batch_size": args.batch_size, "seq_len": args.seq_len, "reps": args.reps, "calls": args.calls,
             "command": " ".join(["benchmarks/inference.py", *(argv if argv is not None else sys.argv[1:])])}
     out = Path(args.out)
