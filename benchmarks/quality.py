@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quality_runner import E2E_METHODS, GLUE_METHODS, SOURCE_METHOD, Budget, run_e2e, run_glue
+import quality_runner  # the --train-pooler switch
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -72,6 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="*", default=None, help=f"GLUE methods (default: all): {list(GLUE_METHODS)}")
     parser.add_argument("--tasks", nargs="*", choices=GLUE, help="restrict the mode's GLUE tasks")
     parser.add_argument("--no-transfer", action="store_true", help="skip SPoT and ATTEMPT (and their sources)")
+    parser.add_argument("--train-pooler", action="store_true",
+                        help="train BERT's pooler with every method's head (the head check in results/quality.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality"))
@@ -90,6 +93,7 @@ def main(argv=None):
         payload = json.loads((RESULTS / f"{args.rewrite}.json").read_text())
         return write_results(args.rewrite, payload["glue_runs"], payload["e2e_runs"], payload["meta"])
     mode = MODES[args.mode]
+    quality_runner.TRAIN_POOLER = args.train_pooler
     if args.tasks:
         mode.tasks = {t: b for t, b in mode.tasks.items() if t in args.tasks}
     start = time.time()
@@ -118,7 +122,7 @@ def _meta(args, mode: Mode, start: float, glue_min: float, partial: bool) -> dic
     import torch
     return {"mode": args.mode, "part": args.part, "partial": partial, "settings": _settings(mode),
             "wall_min": (time.time() - start) / 60, "glue_min": glue_min or (time.time() - start) / 60,
-            "threads": args.threads, "torch": torch.__version__,
+            "threads": args.threads, "torch": torch.__version__, "train_pooler": args.train_pooler,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s)"
                        + (f", {args.note}" if args.note else "")}
 

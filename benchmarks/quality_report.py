@@ -127,6 +127,9 @@ def to_markdown(payload: dict, png: str | None = None) -> str:
                   + (f" SPoT/ATTEMPT sources also trained on: {sources}." if sources else ""),
                   "Metrics: CoLA MCC, MRPC mean of accuracy and F1, STS-B mean of Pearson and Spearman, "
                   "others accuracy; × 100. s/step: seconds per training step (batch 16, 1 thread).", ""]
+        if meta.get("train_pooler"):
+            lines += ["**`--train-pooler`: every method trains BERT's pooler (its dense layer: 147,840 parameters on "
+                      "MiniLM) with its head.**", ""]
         lines += glue_table(payload["glue_runs"]) + [""]
         if png:
             lines += [f"![average vs trainable %]({png})", ""]

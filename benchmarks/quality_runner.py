@@ -77,6 +77,20 @@ def _splits_once(task, data_dir=None, policy="paper", max_train=None, max_eval=N
     return _SPLITS[key]
 
 
+_build_model = loop.build_model
+TRAIN_POOLER = False     # quality.py --train-pooler: the head check of results/quality.md
+
+
+def _build_with_pooler(config, tasks):
+    """The runner's model, with BERT's pooler trained too when TRAIN_POOLER (PEFT methods train the
+    classifier only, and all-MiniLM-L6-v2's pooler was never trained: see docs/benchmarks_quality.md)."""
+    model, tokenizer, kind = _build_model(config, tasks)
+    pooler = getattr(getattr(model, "bert", None), "pooler", None)
+    if TRAIN_POOLER and pooler is not None:
+        pooler.requires_grad_(True)
+    return model, tokenizer, kind
+
+
 class SweepTrainer(Trainer):
     """The Trainer, evaluated on the test split only (the final weights; no validation pass)."""
 
@@ -94,6 +108,7 @@ def run_one(task: str, method: dict, lr: float, seed: int, out_dir: Path, budget
                         "eval_strategy": "no", "eval_steps": 10 ** 9, "log_steps": 10 ** 9,
                         "tensorboard": False, "progress_bar": False, "threads": threads}}
     loop.load_splits = _splits_once     # read each task's files once per process (see the module doc)
+    loop.build_model = _build_with_pooler
     started = time.perf_counter()
     trainer = SweepTrainer(RunConfig.from_dict(config))
     setup_s = time.perf_counter() - started
