@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import quality_runner  # its TRAIN_POOLER switch
 from quality_runner import E2E_METHODS, GLUE_METHODS, SOURCE_METHOD, Budget, run_e2e, run_glue
-import quality_runner  # the --train-pooler switch
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

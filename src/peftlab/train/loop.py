@@ -22,10 +22,10 @@ import peftlab as pl
 from ..errors import PeftlabError
 from ..tasks import average, get_task, load_splits
 from . import checkpoint as ckpt
+from .allocator import keep_freed_memory
 from .batches import batches_per_epoch, epoch_batches, shard
 from .data import collate, encode, label_count
 from .evaluate import evaluate
-from .allocator import keep_freed_memory
 from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids
 from .optim import build_optimizer, loss_sum
