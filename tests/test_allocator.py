@@ -27,7 +27,7 @@ def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     net(x).square().sum().backward()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(applied, [step() for _ in range(4)][-1])
+print(applied, sum([step() for _ in range(10)][2:]))   # the 8 steps after the first two
 """
 
 
@@ -36,21 +36,23 @@ def _run(mode: str, env=None) -> tuple[str, int]:
     done = subprocess.run([sys.executable, "-c", STEP_FAULTS, mode], capture_output=True, text=True,
                           env={**clean, **(env or {})}, check=True)
     applied, faults = done.stdout.split()
-    return applied, int(faults)          # (whether it was applied, page faults of the 4th step)
+    return applied, int(faults)          # (whether it was applied, page faults of steps 3 to 10)
 
 
 @glibc_only
-def test_a_steady_train_step_faults_no_pages_in():
-    pages = (64 << 20) // 4096
+def test_steady_train_steps_fault_hardly_any_pages_in():
+    block = (64 << 20) // 4096                      # pages of one 64 MiB activation
     applied, faults = _run("keep")
-    assert applied == "True" and faults < pages // 20
-    assert _run("default")[1] > pages // 2          # the default: the activations mapped afresh every step
+    # now and then glibc cannot fit an aligned block into the hole its predecessor left and maps one anew:
+    # at most 2 blocks in 8 steps were seen, against about 4 blocks in every step by default
+    assert applied == "True" and faults < 6 * block
+    assert _run("default")[1] > 16 * block          # the default: the activations mapped afresh every step
 
 
 @glibc_only
 def test_the_users_own_malloc_settings_win():
     applied, faults = _run("keep", {"MALLOC_ARENA_MAX": "2"})
-    assert applied == "False" and faults > (64 << 20) // 4096 // 2
+    assert applied == "False" and faults > 16 * (64 << 20) // 4096
 
 
 def test_user_tuned_malloc_reads_the_environment():
