@@ -186,3 +186,25 @@ def test_multi_task_generate_takes_task_ids_and_matches_the_manual_loop(arch, tm
         model.generate(input_ids=ids, max_new_tokens=1)
     pl.detach(model)
     assert "generate" not in model.__dict__
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_causal_lms_attempt_prompt_reads_the_source_never_the_target(arch, tmp_path):
+    """Every position attends to the prompt, so a prompt pooled over the target would leak the answer."""
+    paths = [_saved_prompt(tmp_path, arch, s)[0] for s in range(2)]
+    model = tiny_model(arch)
+    pl.attach(model, pl.Attempt(sources=paths, attn_hidden=8), "a")
+    seen = []
+    handle = _provider(model).register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    ids = torch.randint(3, 90, (2, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100                      # 5 source tokens, 3 target tokens
+    other = ids.clone()
+    other[:, 5:] = (other[:, 5:] + 7) % 90 + 3   # another answer, same source
+    with torch.no_grad():
+        model(input_ids=ids, labels=labels)
+        model(input_ids=other, labels=labels.where(labels == -100, other))
+        model(input_ids=other)                # no labels: the whole input is the source
+    handle.remove()
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+    assert not torch.equal(seen[0], seen[2])

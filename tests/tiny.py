@@ -6,7 +6,7 @@ import transformers as tf
 
 ARCHS = ("t5", "bart", "bert", "roberta", "gpt2", "llama")
 ENCODER_DECODER = ("t5", "bart")
-DECODERS = ("gpt2", "llama")
+DECODERS = ("gpt2", "llama", "qwen2")
 VOCAB = 96
 
 
@@ -29,6 +29,10 @@ def tiny_config(arch: str):
     if arch == "llama":
         return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                              bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "qwen2":   # grouped key/value heads and biased q/k/v projections
+        return tf.Qwen2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
                               bos_token_id=0, eos_token_id=0, pad_token_id=0)
     raise KeyError(arch)
 

@@ -28,10 +28,11 @@ import contextvars
 import torch
 from torch import nn
 
+from . import decoding
 from .errors import PeftlabError
 
 _TASK_IDS: contextvars.ContextVar = contextvars.ContextVar("peftlab_task_ids", default=None)
-_GENERATING: contextvars.ContextVar = contextvars.ContextVar("peftlab_generating", default=False)
+_GENERATING: contextvars.ContextVar = contextvars.ContextVar("peftlab_generating", default=None)
 _GENERATE_WRAPPERS: dict[int, list] = {}   # id(model) -> [our generate, what was there before, users]
 _PROVIDERS = "_peftlab_prompt_providers"   # model.__dict__ key: {adapter name: provider}, in hook order
 
@@ -39,8 +40,10 @@ _PROVIDERS = "_peftlab_prompt_providers"   # model.__dict__ key: {adapter name: 
 class PromptProvider(nn.Module):
     """Gives the prompt for a batch. `length` = m; `forward(embeds, mask, task_ids) -> (batch|1, m, d)`.
 
-    `embeds` are the real tokens' input embeddings (batch, n, d), `mask` their (batch, n) attention mask
-    (ones where not given); `task_ids` a (batch,) LongTensor when the batch carried one, else None."""
+    `embeds` are the real tokens' input embeddings (batch, n, d); `mask` (batch, n) marks the tokens an
+    input-dependent prompt may read: the real tokens (attention mask; ones where not given), and in a causal
+    LM only the source, never a target (see `source_mask`); `task_ids` a (batch,) LongTensor when the
+    batch carried one, else None."""
 
     length: int = 0
 
@@ -142,9 +145,17 @@ def current_task_ids():
     return _TASK_IDS.get()
 
 
+class _Generation:
+    """One `generate()` call: the input length each prompt hook saw in the call's first forward (a later
+    hook sees the earlier hooks' prompts in front of the input)."""
+
+    def __init__(self):
+        self.input_lengths: dict[int, int] = {}
+
+
 def generating() -> bool:
     """True inside `generate()`, where the batch may be the task ids' rows repeated (beams, samples)."""
-    return _GENERATING.get()
+    return _GENERATING.get() is not None
 
 
 def _install_generate_task_ids(target) -> None:
@@ -180,7 +191,7 @@ def _generate_with_task_ids(original):
     def generate(*args, **kwargs):
         ids = kwargs.pop("task_ids", None)
         token = _TASK_IDS.set(ids) if ids is not None else None
-        flag = _GENERATING.set(True)
+        flag = _GENERATING.set(_Generation())
         try:
             return original(*args, **kwargs)
         finally:
@@ -206,12 +217,32 @@ def _rows_of(args, kwargs) -> int | None:
     return args[0].shape[0] if args and torch.is_tensor(args[0]) else None
 
 
-def _prompted(provider, embeds, mask, task_ids=None):
-    """(embeds with the prompt in front, mask extended) for real-token `embeds` and `mask` (or None)."""
+def source_mask(kwargs: dict, mask: torch.Tensor | None, shape, hook: object) -> torch.Tensor:
+    """The tokens of a causal LM's input that are its source, for prompts computed from the input
+    (ATTEMPT's pool): real tokens, less the targets — those with a label when `labels` are given, and
+    inside generate() every token after the input generate() was given. Without this the prompt, which
+    every position attends to, would read the answer it is trained to predict. A row with no source
+    token left (plain LM training, every token labelled) reads all its real tokens."""
+    real = torch.ones(shape, dtype=torch.long) if mask is None else mask
+    source = real.clone()
+    labels = kwargs.get("labels")
+    if torch.is_tensor(labels) and labels.shape == tuple(shape):
+        source = source * (labels == -100).to(source.dtype)
+    generation = _GENERATING.get()
+    if generation is not None:
+        source[:, generation.input_lengths.setdefault(id(hook), shape[1]):] = 0
+    empty = source.sum(dim=1) == 0
+    return torch.where(empty[:, None], real, source)
+
+
+def _prompted(provider, embeds, mask, task_ids=None, source=None):
+    """(embeds with the prompt in front, mask extended) for real-token `embeds` and `mask` (or None);
+    `source` marks the tokens the provider may read (default: the real tokens)."""
     batch, n = embeds.shape[:2]
     real_mask = torch.ones(batch, n, dtype=torch.long, device=embeds.device) if mask is None else mask
     task_ids = current_task_ids() if task_ids is None else task_ids
-    prompt = provider(embeds, real_mask, task_ids).to(embeds.dtype).expand(batch, -1, -1)
+    readable = real_mask if source is None else source.to(real_mask.device)
+    prompt = provider(embeds, readable, task_ids).to(embeds.dtype).expand(batch, -1, -1)
     ones = torch.ones(batch, provider.length, dtype=real_mask.dtype, device=real_mask.device)
     return torch.cat([prompt, embeds], dim=1), torch.cat([ones, real_mask], dim=1)
 
@@ -255,15 +286,15 @@ def _model_hook(target, provider, embed, causal: bool):
             return None
         args, kwargs = _first_input(args, kwargs)
         length = provider.length if groups is None else sum(p.length for p in groups[0][0])
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
+        if decoding.is_continuation(args, kwargs):
             _shift_for_cached_prompt(kwargs, length)
             return args, kwargs
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
         embeds = embed(ids) if embeds is None else embeds
-        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompt_rows(provider, groups, embeds,
-                                                                         kwargs.get("attention_mask"))
+        mask = kwargs.get("attention_mask")
+        source = source_mask(kwargs, mask, embeds.shape[:2], hook) if causal else None
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = _prompt_rows(provider, groups, embeds, mask, source)
         _extend_side_inputs(kwargs, length, causal)
         return args, kwargs
 
@@ -336,11 +367,11 @@ def _check_routed_prompts(by_names, registry) -> None:
                            f"rows of one batch need prompts of one length")
 
 
-def _prompt_rows(provider, groups, embeds, mask):
+def _prompt_rows(provider, groups, embeds, mask, source=None):
     """Prepend the prompt: `provider`'s for every row (groups None), or each row group's own prompts,
     applied one after the other as their hooks would, then put back in row order."""
     if groups is None:
-        return _prompted(provider, embeds, mask)
+        return _prompted(provider, embeds, mask, source=source)
     n = embeds.shape[0]
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if mask is None else mask
     task_ids = _task_ids_per_row(current_task_ids(), n)
@@ -348,8 +379,10 @@ def _prompt_rows(provider, groups, embeds, mask):
     for providers, rows in groups:
         e, m = embeds.index_select(0, rows.to(embeds.device)), mask.index_select(0, rows.to(mask.device))
         ids = None if task_ids is None else task_ids.index_select(0, rows.to(task_ids.device))
+        readable = None if source is None else source.index_select(0, rows.to(source.device))
         for each in providers:
-            e, m = _prompted(each, e, m, ids)
+            e, m = _prompted(each, e, m, ids, readable)
+            readable = None if readable is None else torch.cat([m.new_zeros(m.shape[0], each.length), readable], 1)
         outs.append(e)
         masks.append(m)
     inverse = torch.argsort(torch.cat([rows for _, rows in groups]))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import attention
+from .. import attention, decoding
 from ..config import LayeredConfig, check
 from ..errors import PeftlabError
 from ..prompting import is_active
@@ -145,8 +145,7 @@ def _position_shift(target, m: int):
             inputs = inputs if inputs is not None else kwargs.get("input_ids", args[0] if args else None)
             if inputs is None:
                 return None
-            cache = kwargs.get("past_key_values")
-            past = cache.get_seq_length() if cache is not None else 0
+            past = decoding.past_length(kwargs, inputs.shape[1])
             positions = torch.arange(past, past + inputs.shape[1], device=inputs.device).unsqueeze(0)
         kwargs["position_ids"] = positions + m
         return args, kwargs
