@@ -117,7 +117,9 @@ def test_fuse_trains_only_the_fusion_and_the_head():
             assert name.endswith("key.bias") or p.grad.abs().sum() > 0, name
         else:
             assert p.requires_grad == name.startswith("classifier."), name
-    pl.detach(model, "fuse_a_b")   # the members train again once the fusion is gone
+    pl.detach(model, "fuse_a_b")   # the block is switched off: nothing is active, nothing trains
+    assert not any(p.requires_grad for name in "ab" for p in attachment_parameters(model, name))
+    pl.activate(model, "a", "b")   # the members train again once they are active without the fusion
     assert all(p.requires_grad for name in "ab" for p in attachment_parameters(model, name))
 
 

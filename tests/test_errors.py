@@ -27,8 +27,14 @@ def _assert_unchanged(model, snapshot):
 def test_unknown_config_key_names_it_and_the_closest():
     with pytest.raises(PeftlabError, match=r"unknown key 'reduction_factr' \(did you mean 'reduction_factor'\?\)"):
         pl.config_from_dict({"method": "houlsby", "reduction_factr": 16})
-    with pytest.raises(TypeError):
-        pl.Houlsby(reduction_factr=16)
+    for build in (lambda: pl.Houlsby(reduction_factr=16), lambda: pl.Compacter(reduction_factr=3)):
+        with pytest.raises(PeftlabError, match=r"unknown key 'reduction_factr' \(did you mean 'reduction_factor'\?\)"):
+            build()
+    with pytest.raises(PeftlabError, match=r"LoRA takes its fields by name, e.g. LoRA\(r=\.\.\.\)"):
+        pl.LoRA(8)
+    from peftlab.train.schema import TrainSection
+    with pytest.raises(PeftlabError, match=r"TrainSection: unknown key 'learnig_rate' \(did you mean 'learning_rate'"):
+        TrainSection(learnig_rate=1e-3)
 
 
 def test_wrong_type_names_field_and_value():

@@ -7,7 +7,7 @@
 from . import methods as _methods  # noqa: F401  (registers every method)
 from .compose import Average, BatchSplit, Fuse, ParallelBlock, Stack, WeightedSum, route
 from .config import MethodConfig
-from .core import activate, adapters, attach, deactivate, detach, summary, trainable_parameters
+from .core import activate, adapters, attach, deactivate, detach, summary, train_adapter, trainable_parameters
 from .errors import PeftlabError
 from .io import load, save
 from .merging import merge, unmerge
@@ -33,7 +33,7 @@ from .registry import config_from_dict, method_names
 __version__ = "0.1.0"
 
 __all__ = [
-    "attach", "detach", "activate", "deactivate", "adapters", "summary", "trainable_parameters",
+    "attach", "detach", "activate", "deactivate", "train_adapter", "adapters", "summary", "trainable_parameters",
     "save", "load", "merge", "unmerge", "export_peft", "config_from_dict", "method_names",
     "MethodConfig", "PeftlabError",
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",

@@ -88,8 +88,33 @@ def _coerce_scalar(value, tp, where):
     raise PeftlabError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
+class CheckedConstruction(type):
+    """Configs are built from keywords only, and an unknown keyword is one line with the closest field:
+    `pl.Compacter(reduction_factr=3)` says "did you mean 'reduction_factor'" instead of a TypeError."""
+
+    def __call__(cls, *args, **kwargs):
+        if args:
+            raise PeftlabError(f"{cls.__name__} takes its fields by name, e.g. {cls.__name__}("
+                               f"{_example_field(cls)}=...); got {len(args)} positional value(s)")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in kwargs:
+            if key not in names:
+                raise PeftlabError(f"{cls.__name__}: unknown key '{key}'{closest(key, names)}")
+        return super().__call__(**kwargs)
+
+
+def _example_field(cls) -> str:
+    """A field the class itself declares (the first of its own, else of its nearest parent's)."""
+    for klass in cls.__mro__:
+        own = [name for name in vars(klass).get("__annotations__", {}) if not name.startswith("_")]
+        own = [name for name in own if name != "method"]
+        if own:
+            return own[0]
+    return "unfreeze_layer_norms"
+
+
 @dataclasses.dataclass
-class MethodConfig:
+class MethodConfig(metaclass=CheckedConstruction):
     """Base of every method config: typed fields, validated at construction, JSON round-trip.
 
     Subclasses set `method` (the registry name) and may override `validate()` for cross-field rules.
@@ -119,6 +144,10 @@ class MethodConfig:
     def mergeable(self) -> bool:
         """True when `merge` can fold the method into the base weights."""
         return False
+
+    def frozen_members(self) -> tuple[str, ...]:
+        """Adapters this one mixes and keeps frozen while it is active (AdapterFusion's members)."""
+        return ()
 
     def build_kwargs(self) -> dict:
         """The plain arguments a builder receives (the generic switches are handled by attach)."""

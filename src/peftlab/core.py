@@ -33,15 +33,13 @@ def attach(model: nn.Module, config: MethodConfig, name: str = "default", *, act
     fresh = controller is None
     if fresh:
         controller = _install_controller(model)
-    attachment = Attachment(name, config)
+    attachment = Attachment(name, config, trainable=trainable)
     try:
         target = AttachTarget(model, controller, attachment, trainable)
         spec.build(target, **config.build_kwargs())
         target.apply_generic_switches(config)
         controller.adapters[name] = attachment
-        if not trainable:
-            for param in attachment_parameters(model, name):
-                param.requires_grad_(False)
+        attachment.learned = [p for p in attachment_parameters(model, name) if p.requires_grad]
     except BaseException:
         controller.adapters.pop(name, None)
         attachment.journal.rollback()
@@ -49,7 +47,10 @@ def attach(model: nn.Module, config: MethodConfig, name: str = "default", *, act
             _remove_controller(model)
         raise
     if activate:
+        controller.training = None     # a newly attached adapter trains, alone, as before
         set_active(model, (name,))
+    else:
+        controller.sync_training(model)
     return model
 
 
@@ -64,6 +65,8 @@ def detach(model: nn.Module, name: str | None = None) -> nn.Module:
         unmerge(model, name)
         controller.adapters.pop(name)
     attachment.journal.rollback()
+    if controller.training is not None:
+        controller.training = tuple(n for n in controller.training if n != name) or None
     set_active(model, compose.without(controller.active, name))
     if not controller.adapters:
         _remove_controller(model)
@@ -86,6 +89,7 @@ def set_active(model: nn.Module, block) -> None:
     block = (block,) if isinstance(block, str) else block
     controller.active = block
     names = _names_in(block)
+    controller.active_names = names
     for _, module in model.named_modules():
         if isinstance(module, Slot):
             module.active = tuple(n for n in names if n in module.parts)
@@ -94,6 +98,7 @@ def set_active(model: nn.Module, block) -> None:
         compose.install(model)   # routing hooks for `adapter_names=[...]` and row blocks
     else:
         compose.uninstall(model)
+    controller.sync_training(model)
 
 
 def activate(model: nn.Module, *names) -> nn.Module:
@@ -101,6 +106,25 @@ def activate(model: nn.Module, *names) -> nn.Module:
     or a composition block such as `activate(model, pl.Stack("lang", "task"))`."""
     block = names[0] if len(names) == 1 and not isinstance(names[0], str) else tuple(names)
     set_active(model, block)
+    return model
+
+
+def train_adapter(model: nn.Module, *names, activate: bool = True) -> nn.Module:
+    """Train exactly these adapters (activating them unless the active setup already runs them, or
+    `activate=False`), as AdapterHub's `train_adapter` does; adapters loaded frozen become trainable.
+    With no names, go back to the default rule: the active adapters train."""
+    controller = _require(model)
+    if not names:
+        controller.training = None
+        controller.sync_training(model)
+        return model
+    picked = tuple(_pick(controller, n) for n in names)
+    for n in picked:
+        controller.adapters[n].trainable = True
+    if activate and not set(picked) <= set(controller.active_names):
+        set_active(model, picked)
+    controller.training = picked
+    controller.sync_training(model)
     return model
 
 

@@ -26,18 +26,27 @@ class Attachment:
     parts: list[tuple[str, Part]] = field(default_factory=list)   # (slot path, part)
     claimed: list[str] = field(default_factory=list)              # base parameters trained in place
     slots: set[str] = field(default_factory=set)
+    trainable: bool = True                                         # False: attached (or loaded) frozen
+    learned: list[nn.Parameter] = field(default_factory=list)      # its own tensors the method trains
 
 
 class Controller:
     """Per-model bookkeeping. Base parameters trained in place are shared: each is claimed by the
-    adapters that train it, and restored to its original value when the last claim is released."""
+    adapters that train it, and restored to its original value when the last claim is released.
+
+    What trains is what is active: after every change of the active setup, of the attachments or of
+    `training`, `sync_training` sets `requires_grad` on every adapter tensor and claimed base tensor.
+    An adapter trains when it is in the training set (the active adapters, or the names given to
+    `pl.train_adapter`), was attached trainable, and is not a member frozen by an active mixer (Fuse)."""
 
     def __init__(self, model: nn.Module, layout: Layout):
         self.layout = layout
         self.adapters: dict[str, Attachment] = {}
         self.active: object = ()   # a tuple of names or a composition block
+        self.active_names: tuple[str, ...] = ()   # every adapter name the active setup runs
+        self.training: tuple[str, ...] | None = None   # None: the active adapters train
         self.original_flags = {n: p.requires_grad for n, p in named_base_parameters(model)}
-        self.claims: dict[str, set[str]] = {}
+        self.claims: dict[str, dict[str, bool]] = {}   # base parameter -> {adapter: trains it}
         self.originals: dict[str, torch.Tensor] = {}
         self.base_count = sum(p.numel() for p in {id(p): p for _, p in named_base_parameters(model)}.values())
 
@@ -47,20 +56,36 @@ class Controller:
             if adapter in self.claims.get(name, ()):
                 continue
             if name not in self.claims:
-                self.claims[name] = set()
+                self.claims[name] = {}
                 self.originals[name] = param.detach().clone()
-            self.claims[name].add(adapter)
-            param.requires_grad_(param.requires_grad or train)
+            self.claims[name][adapter] = train
             journal.record(lambda name=name, param=param: self.release(name, param, adapter))
 
     @torch.no_grad()
     def release(self, name: str, param: nn.Parameter, adapter: str) -> None:
-        holders = self.claims.get(name, set())
-        holders.discard(adapter)
+        holders = self.claims.get(name, {})
+        holders.pop(adapter, None)
         if not holders:
             param.copy_(self.originals.pop(name))
             param.requires_grad_(False)
             self.claims.pop(name, None)
+
+    def training_names(self) -> set[str]:
+        """The adapters whose tensors train now (see the class doc)."""
+        chosen = set(self.active_names if self.training is None else self.training)
+        frozen = {m for n in self.active_names if n in self.adapters
+                  for m in self.adapters[n].config.frozen_members()}
+        return {n for n in chosen - frozen if n in self.adapters and self.adapters[n].trainable}
+
+    def sync_training(self, model: nn.Module) -> None:
+        training = self.training_names()
+        for name, attachment in self.adapters.items():
+            for param in attachment.learned:
+                param.requires_grad_(name in training)
+        if self.claims:
+            params = dict(named_base_parameters(model))
+            for pname, holders in self.claims.items():
+                params[pname].requires_grad_(any(train and a in training for a, train in holders.items()))
 
 
 def controller_of(model: nn.Module) -> Controller | None:

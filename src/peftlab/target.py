@@ -96,7 +96,7 @@ class AttachTarget:
         if missing:
             raise PeftlabError(f"no base parameter named '{missing[0]}'")
         chosen = {n: params[n] for n in names}
-        self.controller.claim(chosen, self.name, train and self.trainable, self.journal)
+        self.controller.claim(chosen, self.name, train, self.journal)
         for n in chosen:
             if n not in self.attachment.claimed:
                 self.attachment.claimed.append(n)

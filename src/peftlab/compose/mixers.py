@@ -30,6 +30,9 @@ class FusionConfig(MethodConfig):
     temperature: float = 1.0
     sources: dict[str, str] = field(default_factory=dict)   # member -> saved adapter dir, loaded if absent
 
+    def frozen_members(self):
+        return self.adapters
+
     def validate(self):
         check(len(self.adapters) >= 1, "FusionConfig.adapters must name at least one adapter")
         unknown = [k for k in self.sources if k not in self.adapters]
@@ -47,6 +50,9 @@ class WeightedSumConfig(MethodConfig):
     flex_reduction_factor: float = 16.0
     train_mode: Literal["base", "flex", "base_ft", "full_ft"] = "base"
     sources: dict[str, str] = field(default_factory=dict)   # member -> saved adapter dir, loaded if absent
+
+    def frozen_members(self):
+        return () if self.train_mode == "full_ft" else self.adapters
 
     def validate(self):
         check(len(self.adapters) >= 1, "WeightedSum needs at least one adapter")
@@ -151,22 +157,11 @@ def _width(target, path) -> int:
     return dims[1] if dims else target.hidden_size
 
 
-def freeze_members(target, adapters) -> None:
-    """Members stop training while the mixing adapter exists (their flags come back on detach)."""
-    from ..core import attachment_parameters
-    for name in adapters:
-        for param in attachment_parameters(target.model, name):
-            if param.requires_grad:
-                param.requires_grad_(False)
-                target.journal.record(lambda p=param: p.requires_grad_(True))
-
-
 def build_fusion(target, *, adapters, temperature, sources):
     load_sources(target, sources)
     for site in member_sites(target, adapters):
         series = f"{target.name}/{site.path}"
         target.place(site, FusionPart(_width(target, site.path), adapters, series, temperature))
-    freeze_members(target, adapters)
 
 
 def _ordinals(target) -> tuple[dict, int]:
@@ -236,8 +231,6 @@ def build_weighted_sum(target, *, adapters, mode, num_weight_sets, include_base,
         target.place(site, part)
     if train_mode in ("base_ft", "full_ft"):
         target.claim(list(target.base_parameters()))
-    if train_mode != "full_ft":
-        freeze_members(target, adapters)
 
 
 register_method("fusion", FusionConfig, build_fusion, aliases=("adapter_fusion",), example=lambda arch, tmp: None)

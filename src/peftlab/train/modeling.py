@@ -87,6 +87,8 @@ def attach_method(model, config: RunConfig, tasks: list[Task]) -> list[str]:
             copy_into(adapter_state(model, _adapter_name(name)), tensors, Path(config.init_from))
     if len(names) == 1:
         pl.activate(model, _adapter_name(names[0]))
+    else:   # each batch activates its task's adapter; all of them train over the run
+        pl.train_adapter(model, *map(_adapter_name, names), activate=False)
     return [_adapter_name(n) for n in names]
 
 

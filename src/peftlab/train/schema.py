@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import closest, coerce
+from ..config import CheckedConstruction, closest, coerce
 from ..errors import PeftlabError
 
 
 @dataclass
-class Section:
+class Section(metaclass=CheckedConstruction):
     """A config section: fields are coerced to their annotations; `check()` adds cross-field rules."""
 
     def __post_init__(self):
@@ -197,9 +197,16 @@ class RunConfig(Section):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; a config means the number (as YAML 1.2 and JSON do)."""
+    """Scalars read as YAML 1.2 and JSON read them: YAML 1.1 reads `1e-3` as a string and `no`, `yes`,
+    `on`, `off` as booleans, so `eval_strategy: no` would arrive as False; a config means the number and
+    the word. Booleans are `true` / `false`."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
