@@ -12,5 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no model hub here; fail fast in
 
 
 @pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """peftlab's cache (dequantized GGUF models) in a folder of the test session, never the user's."""
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path_factory.getbasetemp() / "peftlab-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

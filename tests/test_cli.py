@@ -53,7 +53,7 @@ def test_predict_writes_one_prediction_per_row(trained, tmp_path):
     assert main(["predict", str(trained / "run"), "--input", str(rows), "--output", str(out)]) == 0
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
     assert [p["sentence"] for p in predictions] == ["the film is good", "a dull plot"]
-    assert all(p["prediction"] in ("0", "1") for p in predictions)
+    assert all(p["prediction"] in ("negative", "positive") for p in predictions)   # SST-2 names its labels
     dev = trained / "data" / "glue" / "SST-2" / "dev.tsv"          # the official format works too
     assert main(["predict", str(trained / "run"), "--input", str(dev), "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 12

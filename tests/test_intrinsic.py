@@ -307,3 +307,18 @@ def test_a_row_no_one_used_contributes_nothing():
     (rows[0].sum() + rows[2].sum()).backward()
     fresh = fastfood_rows(z, signs, index, gauss, one, (64, 64, 64))
     torch.testing.assert_close(z.grad, torch.autograd.grad(fresh[0].sum() + fresh[2].sum(), z)[0])
+
+
+def test_the_docs_dense_example_fits_the_limit_the_docs_state():
+    """docs/methods_compacter.md: dense at intrinsic_dim=500 works up to 268,435 parameters."""
+    import transformers as tf
+    from peftlab.methods.intrinsic import DENSE_LIMIT
+    assert DENSE_LIMIT // 500 == 268_435
+    config = tf.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                           intermediate_size=128, max_position_embeddings=64, num_labels=2)
+    model = tf.BertForSequenceClassification(config)
+    assert 200_000 < sum(p.numel() for p in model.parameters()) <= 268_435
+    pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=500, projection="dense", seed=3))
+    bigger = tf.BertForSequenceClassification(tf.BertConfig(**{**config.to_dict(), "vocab_size": 8000}))
+    with pytest.raises(PeftlabError, match=r"over the limit of 134,217,728 entries .* at most [\d,]+ parameters"):
+        pl.attach(bigger, pl.IntrinsicSAID(intrinsic_dim=500, projection="dense"))

@@ -3,6 +3,7 @@ per run, and the same model, config and tokenizer as transformers' own repeated 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,5 +131,36 @@ def test_the_shared_parse_ends_with_the_outermost_block(tiny_gguf, parses):
         load_pretrained(TINY)
     assert gguf.GGUFReader is reader and gguf_utils.load_gguf_checkpoint is convert
     assert parses["reader"] == 1
-    load_pretrained(TINY)                    # a new block parses again: nothing outlives a run
+    shutil.rmtree(peftlab.models.dequantized_dir(tiny_gguf))   # without the cache ...
+    load_pretrained(TINY)                    # ... a new block parses again: nothing outlives a run
     assert parses["reader"] == 2
+
+
+def test_a_gguf_model_is_dequantized_once_into_the_cache_then_loads_from_it(tiny_gguf, parses, tmp_path):
+    first, tokenizer = load_pretrained(TINY)
+    cached = peftlab.models.dequantized_dir(tiny_gguf)
+    assert (cached / "config.json").is_file() and parses["weights"] == 1
+    assert not [p for p in cached.parent.iterdir() if ".tmp-" in p.name]
+    again, tokenizer_again = load_pretrained(TINY)
+    assert parses["weights"] == 1 and parses["reader"] == 1        # the second load parsed nothing
+    assert all(torch.equal(first.state_dict()[k], v) for k, v in again.state_dict().items())
+    assert tokenizer("the tiny cat")["input_ids"] == tokenizer_again("the tiny cat")["input_ids"]
+    for model in (first, again):             # a plain float model: it saves and loads like any other
+        assert getattr(model, "hf_quantizer", None) is None
+        model.save_pretrained(tmp_path / "saved")
+        reloaded = type(model).from_pretrained(tmp_path / "saved")
+        assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_failed_cache_write_leaves_no_partial_folder_and_still_loads(tiny_gguf, monkeypatch):
+    import transformers as tf
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.PreTrainedModel, "save_pretrained", full_disk)
+    with pytest.warns(UserWarning, match="could not cache the dequantized"):
+        model, _ = load_pretrained(TINY)
+    assert getattr(model, "hf_quantizer", None) is None
+    cache = peftlab.models.dequantized_dir(tiny_gguf)
+    assert not cache.exists() and not list(cache.parent.glob("*.tmp-*"))

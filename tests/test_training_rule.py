@@ -94,3 +94,17 @@ def test_train_adapter_without_activating_keeps_the_active_setup():
     assert _trains(model, "a") and _trains(model, "b")
     pl.activate(model, "a")                    # an explicit training set outlives activation
     assert _trains(model, "a") and _trains(model, "b")
+
+
+def test_summary_says_where_prompt_prefix_and_intrinsic_adapters_act():
+    model = tiny_model("t5")
+    pl.attach(model, pl.PromptTuning(length=4), "p")
+    pl.attach(model, pl.PrefixTuning(prefix_length=2, mlp_hidden=4), "x")
+    pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=300), "s")
+    pl.attach(model, pl.LoRA(), "l")
+    rows = {line.split()[0]: line for line in pl.summary(model).splitlines()[2:-1]}
+    assert "1 input prompt " in rows["p"]
+    assert "4 attention layers" in rows["x"]            # 2 encoder + 2 decoder self-attention
+    assert "47 projected tensors" in rows["s"]
+    assert "8 modules" in rows["l"]
+    assert "0 modules" not in pl.summary(model)

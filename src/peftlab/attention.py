@@ -226,6 +226,7 @@ def install(target, site: Site, extension: AttentionExtension) -> AttentionExten
     home.attention[site.path.replace(".", "-")] = extension
     hooks.extensions[target.name] = extension
     target.journal.record(lambda: hooks.extensions.pop(target.name, None))
+    target.note("attention layers", site.path)
     return extension
 
 

@@ -184,7 +184,7 @@ def summary(model: nn.Module) -> str:
         active = set(_names_in(controller.active))
         for name, att in controller.adapters.items():
             count = adapter_parameter_count(model, name)
-            where = f"{len(att.slots)} modules" + (f" + {len(att.claimed)} base tensors" if att.claimed else "")
+            where = _where(att)
             rows.append((name, att.config.method, where, f"{count:,}", f"{100 * count / base:.3f}",
                          "yes" if name in active else ""))
     trainable, total = trainable_parameters(model)
@@ -196,6 +196,15 @@ def summary(model: nn.Module) -> str:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def _where(attachment: Attachment) -> str:
+    """'24 modules', '12 attention layers', '1 input prompts' ... and base tensors trained in place."""
+    counts = ([(len(attachment.slots), "modules")] if attachment.slots else []) + \
+        [(len(paths), kind) for kind, paths in attachment.acts_on.items()]
+    where = ", ".join(f"{n} {kind[:-1] if n == 1 and kind.endswith('s') else kind}" for n, kind in counts)
+    where = where or "nothing"
+    return where + (f" + {len(attachment.claimed)} base tensors" if attachment.claimed else "")
+
 
 def _install_controller(model: nn.Module) -> Controller:
     controller = Controller(model, layout_for(model))

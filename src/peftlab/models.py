@@ -3,9 +3,12 @@ directories, the offline pretrained models shipped in PyPI packages (DESIGN §5)
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,22 +131,89 @@ def _gguf_sharing_patches() -> list[tuple]:
 
 
 def load_pretrained(name: str, head=None, **kwargs):
-    """A pretrained model by hub id, local dir, or offline package name; returns (model, tokenizer)."""
+    """A pretrained model by hub id, local dir, or offline package name; returns (model, tokenizer).
+
+    A GGUF model (the offline SmolLM2) is dequantized once into a plain float checkpoint in peftlab's
+    cache (`dequantized_dir`), which later loads read in seconds; the model returned is an ordinary
+    float model either way (`save_pretrained` works on it)."""
     with gguf_parsed_once():
-        return _load_pretrained(name, head, **kwargs)
+        source, gguf = model_source(name)
+        if gguf:
+            source, gguf = _dequantize_to_cache(name, source, gguf)
+        return _load_pretrained(name, source, head, **gguf, **kwargs)
 
 
-def _load_pretrained(name: str, head=None, **kwargs):
+def model_source(name: str) -> tuple[str, dict]:
+    """(what `from_pretrained` reads, {"gguf_file": ...} for a GGUF file not dequantized yet, else {})."""
     path = offline_path(name)
-    if path is not None and path.suffix == ".gguf":
-        kwargs.setdefault("gguf_file", path.name)
-        source = str(path.parent)
-    else:
-        source = str(path) if path is not None else name
+    if path is None:
+        return name, {}
+    if path.suffix != ".gguf":
+        return str(path), {}
+    cached = dequantized_dir(path)
+    if (cached / "config.json").is_file():
+        return str(cached), {}
+    return str(path.parent), {"gguf_file": path.name}
+
+
+def _load_pretrained(name: str, source: str, head=None, **kwargs):
     try:
-        config = tf.AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        config = tf.AutoConfig.from_pretrained(source, **_gguf_only(kwargs))
         model = (head or default_head(config)).from_pretrained(source, **kwargs)
-        tokenizer = tf.AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        tokenizer = tf.AutoTokenizer.from_pretrained(source, **_gguf_only(kwargs))
     except OSError as err:
         raise PeftlabError(f"cannot load model '{name}': {err}".splitlines()[0]) from None
+    _make_plain(model)
     return model, tokenizer
+
+
+def _gguf_only(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k == "gguf_file"}
+
+
+# --- the dequantized cache of GGUF models ------------------------------------------------------------
+
+def cache_root() -> Path:
+    """peftlab's cache: $PEFTLAB_CACHE, else $XDG_CACHE_HOME/peftlab, else ~/.cache/peftlab."""
+    if os.environ.get("PEFTLAB_CACHE"):
+        return Path(os.environ["PEFTLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftlab"
+
+
+def dequantized_dir(gguf_path: Path) -> Path:
+    """Where the float checkpoint of a GGUF file goes: named by the file and its size and mtime, so a
+    changed file is dequantized again."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "dequantized" / f"{gguf_path.stem}-{key}"
+
+
+def _dequantize_to_cache(name: str, source: str, gguf: dict) -> tuple[str, dict]:
+    """Load the GGUF file once (slow: tens of seconds for SmolLM2), write its float weights, config and
+    tokenizer to the cache atomically (a temporary folder renamed into place), and return the folder to
+    load from with its extra keywords: the cache, or the GGUF file itself where the cache cannot be
+    written."""
+    target = dequantized_dir(Path(source) / gguf["gguf_file"])
+    model, tokenizer = _load_pretrained(name, source, None, **gguf)
+    temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        os.replace(temporary, target) if not target.exists() else shutil.rmtree(temporary)
+    except OSError as err:
+        shutil.rmtree(temporary, ignore_errors=True)
+        warnings.warn(f"peftlab: could not cache the dequantized '{name}' in {target.parent} ({err}); "
+                      f"it will be dequantized again next time")
+        return source, gguf
+    return str(target), {}
+
+
+def _make_plain(model) -> None:
+    """A model dequantized from GGUF holds float weights but keeps transformers' GGUF quantizer, which
+    refuses `save_pretrained`; without it the model is the plain float model it really is."""
+    if getattr(model, "hf_quantizer", None) is not None and \
+            str(getattr(model.hf_quantizer.quantization_config, "quant_method", "")).lower().endswith("gguf"):
+        model.hf_quantizer = None
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None and hasattr(config, "quantization_config"):
+                delattr(config, "quantization_config")

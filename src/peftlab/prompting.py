@@ -82,6 +82,7 @@ def install_prompt(target, provider: PromptProvider) -> None:
     _install_router(target)
     _install_task_ids(target)
     _install_generate_task_ids(target)
+    target.note("input prompts", "encoder" if "encoder" in stacks and "decoder" in stacks else "model")
     if "encoder" in stacks and "decoder" in stacks:
         encoder, decoder = model.get_encoder(), _decoder_of(model)
         embed = encoder.embed_tokens

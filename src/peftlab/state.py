@@ -25,7 +25,8 @@ class Attachment:
     journal: Journal = field(default_factory=Journal)
     parts: list[tuple[str, Part]] = field(default_factory=list)   # (slot path, part)
     claimed: list[str] = field(default_factory=list)              # base parameters trained in place
-    slots: set[str] = field(default_factory=set)
+    slots: set[str] = field(default_factory=set)                  # modules wrapped with its parts
+    acts_on: dict[str, set[str]] = field(default_factory=dict)     # what else it acts on, by kind (summary)
     trainable: bool = True                                         # False: attached (or loaded) frozen
     learned: list[nn.Parameter] = field(default_factory=list)      # its own tensors the method trains
 

@@ -76,6 +76,11 @@ class AttachTarget:
         self.attachment.slots.add(site.path)
         return part
 
+    def note(self, kind: str, path: str) -> None:
+        """Record something the method acts on outside Slots ("attention layers", "input prompt"), for
+        `summary`."""
+        self.attachment.acts_on.setdefault(kind, set()).add(path)
+
     def home(self) -> nn.Module:
         """This adapter's module for tensors shared across sites (e.g. a shared PHM rule)."""
         holder = self.model._modules.get(HOME)

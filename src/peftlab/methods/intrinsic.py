@@ -83,8 +83,9 @@ class IntrinsicProjector(nn.Module):
     def _make_dense(self, z_length, generator, device, meta):
         total = sum(self.sizes)
         if total * z_length > DENSE_LIMIT:
-            raise PeftlabError(f"projection 'dense' needs a {total:,} x {z_length:,} matrix for this model; "
-                               f"use projection 'fastfood'")
+            raise PeftlabError(f"projection 'dense' needs a {total:,} x {z_length:,} matrix for this model, "
+                               f"over the limit of {DENSE_LIMIT:,} entries (512 MiB): use projection "
+                               f"'fastfood', or a model of at most {DENSE_LIMIT // z_length:,} parameters")
         if meta:
             matrix = torch.empty(total, z_length, device=device)
         else:
@@ -221,6 +222,8 @@ def build_intrinsic(target, *, intrinsic_dim, said, projection, seed):
     device = tensors[0].device
     projector = IntrinsicProjector([t.numel() for t in tensors], intrinsic_dim, said, projection, seed, device)
     target.home().intrinsic = projector
+    for index in range(len(tensors)):
+        target.note("projected tensors", str(index))
     hooks = Substitution(model, target.name, projector, tensors, places)
     entries = [model]
     encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None

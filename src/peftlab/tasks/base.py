@@ -42,6 +42,7 @@ class Task:
     kind: Kind
     metrics: tuple[str, ...]
     labels: tuple = ()                # raw label values in index order (classification)
+    label_names: tuple = ()           # what each index means, as the dataset names it (SST-2: negative, positive)
     large: bool = False               # the official training set has >= 10K rows
     hub: tuple[str, str | None] = ("", None)   # (dataset path, config) for `datasets`
     aliases: tuple[str, ...] = ()
@@ -80,9 +81,11 @@ class Task:
         return int(value) if value.is_integer() and 0 <= value < len(self.labels) else -1
 
     def verbalize(self, label) -> str:
-        """A predicted label as the dataset writes it (for `peftlab predict`)."""
-        if self.kind == "classification" and isinstance(label, int) and 0 <= label < len(self.labels):
-            return str(self.labels[label])
+        """A predicted label by its name (`positive`), or as the dataset writes it where the dataset
+        names none (for `peftlab predict`)."""
+        names = self.label_names or self.labels
+        if self.kind == "classification" and isinstance(label, int) and 0 <= label < len(names):
+            return str(names[label])
         return str(label)
 
 

@@ -42,24 +42,24 @@ def _tsv(required, columns=None, header=True):
 
 
 def _task(name, folder, keys, mapping, label_column, kind, metrics, labels=("0", "1"), large=False,
-          dev="dev.tsv", header=True, hub_name=None, aliases=()):
+          dev="dev.tsv", header=True, hub_name=None, aliases=(), names=()):
     required = tuple(mapping.values()) + (label_column,)
     return Task(name=name, benchmark="glue", folder=folder, files={"train": "train.tsv", "validation": dev},
                 read=_tsv(required, COLA_COLUMNS if not header else None, header),
                 convert=columns(mapping, label_column), keys=keys, kind=kind, metrics=metrics,
-                labels=labels if kind == "classification" else (), large=large,
+                labels=labels if kind == "classification" else (), label_names=names, large=large,
                 hub=("glue", hub_name or name), aliases=aliases)
 
 
 GLUE_TASKS = [
     _task("cola", "CoLA", ("sentence",), {"sentence": "sentence"}, "label", "classification", ("mcc",),
-          header=False),
+          header=False, names=("unacceptable", "acceptable")),
     _task("sst2", "SST-2", ("sentence",), {"sentence": "sentence"}, "label", "classification", ("accuracy",),
-          large=True, aliases=("sst-2", "sst")),
+          large=True, aliases=("sst-2", "sst"), names=("negative", "positive")),
     _task("mrpc", "MRPC", ("sentence1", "sentence2"), {"sentence1": "#1 String", "sentence2": "#2 String"},
-          "Quality", "classification", ("accuracy", "f1")),
+          "Quality", "classification", ("accuracy", "f1"), names=("not_equivalent", "equivalent")),
     _task("qqp", "QQP", ("question1", "question2"), {"question1": "question1", "question2": "question2"},
-          "is_duplicate", "classification", ("accuracy", "f1"), large=True),
+          "is_duplicate", "classification", ("accuracy", "f1"), large=True, names=("not_duplicate", "duplicate")),
     _task("stsb", "STS-B", ("sentence1", "sentence2"), {"sentence1": "sentence1", "sentence2": "sentence2"},
           "score", "regression", ("pearson", "spearman"), aliases=("sts-b",)),
     _task("mnli", "MNLI", ("premise", "hypothesis"), {"premise": "sentence1", "hypothesis": "sentence2"},
@@ -70,5 +70,5 @@ GLUE_TASKS = [
     _task("rte", "RTE", ("sentence1", "sentence2"), {"sentence1": "sentence1", "sentence2": "sentence2"},
           "label", "classification", ("accuracy",), labels=("entailment", "not_entailment")),
     _task("wnli", "WNLI", ("sentence1", "sentence2"), {"sentence1": "sentence1", "sentence2": "sentence2"},
-          "label", "classification", ("accuracy",)),
+          "label", "classification", ("accuracy",), names=("not_entailment", "entailment")),
 ]

@@ -68,11 +68,11 @@ def record(task: Task, path: Path, line: int, row: dict) -> list[Example]:
 
 
 def _task(name, folder, keys, metrics, labels=BOOL, convert=simple, kind="classification", large=False,
-          required=("label",), hub_name=None, aliases=None):
+          required=("label",), hub_name=None, aliases=None, names=()):
     return Task(name=name, benchmark="superglue", folder=folder,
                 files={"train": "train.jsonl", "validation": "val.jsonl"},
                 read=partial(read_jsonl, required=required), convert=convert, keys=keys, kind=kind,
-                metrics=metrics, labels=labels, large=large,
+                metrics=metrics, labels=labels, label_names=names, large=large,
                 hub=("super_glue", hub_name or folder.lower()),
                 aliases=(f"superglue-{name}",) if aliases is None else aliases)
 
@@ -82,9 +82,9 @@ SUPERGLUE_TASKS = [
     _task("cb", "CB", ("premise", "hypothesis"), ("macro_f1", "accuracy"),
           labels=("entailment", "contradiction", "neutral"), required=("premise", "hypothesis", "label")),
     _task("copa", "COPA", ("premise", "choice1", "choice2"), ("accuracy",), labels=("0", "1"),
-          required=("premise", "choice1", "choice2", "label")),
+          required=("premise", "choice1", "choice2", "label"), names=("choice1", "choice2")),
     _task("multirc", "MultiRC", ("question", "answer", "paragraph"), ("f1", "exact_match"),
-          labels=("0", "1"), convert=multirc, required=("passage",)),
+          labels=("0", "1"), convert=multirc, required=("passage",), names=("False", "True")),
     _task("record", "ReCoRD", ("query", "entities", "passage"), ("exact_match", "f1"), labels=(),
           convert=record, kind="generation", large=True, required=("passage", "qas")),
     _task("wic", "WiC", ("sentence1", "sentence2", "word"), ("accuracy",),

@@ -5,9 +5,9 @@ main process alone evaluates, writes logs and checkpoints, and broadcasts its de
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,10 +29,12 @@ from .evaluate import evaluate
 from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids
 from .optim import build_optimizer, loss_sum
+from .progress import Progress
+from .rundir import RunFolder
 from .schema import RunConfig
 
 FRESH_STATE = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
-               "bad_evals": 0, "examples": 0, "last_loss": None}
+               "bad_evals": 0, "examples": 0, "last_loss": None, "train_loss": None}
 
 
 class Trainer:
@@ -54,10 +56,11 @@ class Trainer:
                                        cpu=not torch.cuda.is_available())
         self.main = self.accelerator.is_main_process
         self.run_dir = Path(config.output_dir)
+        self.folder = RunFolder(config.output_dir)
+        self.folder.check(resume, config.overwrite)     # refuse early; nothing is written before setup
         self.tasks = [get_task(t) for t in config.tasks]
         self.splits = [load_splits(t, config.data.dir, config.data.splits, config.data.max_train_samples,
                                    config.data.max_eval_samples) for t in self.tasks]
-        self._prepare_run_dir()
         set_seed(config.train.seed)
         self.model, self.tokenizer, self.kind = build_model(config, self.tasks)
         self.task_ids = uses_task_ids(self.model)
@@ -68,32 +71,28 @@ class Trainer:
         self.train_sets = [encode(self.kind, self.tokenizer, t, i, s["train"], config.model.max_length,
                                   config.model.max_target_length) for i, (t, s) in enumerate(zip(self.tasks, self.splits))]
         sizes = [len(s) for s in self.train_sets]
-        per_epoch = batches_per_epoch(sizes, config.train.batch_size)
+        per_epoch = self.per_epoch = batches_per_epoch(sizes, config.train.batch_size)
         self.total_steps = config.train.max_steps or math.ceil(config.train.epochs * per_epoch)
         self.optimizer, self.scheduler = build_optimizer(self.model, config.train, self.total_steps)
         self.ddp_model = self.accelerator.prepare(self.model)
-        self.log = RunLog(self.run_dir, self.main, config.train.tensorboard)
         self.state = dict(FRESH_STATE)
-        if resume:
-            self._restore()
+        self._take_run_dir()
+        try:
+            self.log = RunLog(self.run_dir, self.main, config.train.tensorboard)
+            if resume:
+                self._restore()
+        except BaseException:
+            self.folder.release()
+            raise
 
     # --- setup ------------------------------------------------------------------------------------
-    def _prepare_run_dir(self) -> None:
-        exists = ckpt.has_checkpoint(self.run_dir)
-        if self.resume and not exists:
-            raise PeftlabError(f"{self.run_dir}: nothing to resume (no checkpoints/last)")
-        if exists and not self.resume and not self.config.overwrite:
-            raise PeftlabError(f"{self.run_dir}: a run is already there; pass --resume, set overwrite=true "
-                               f"or choose another output_dir")
+    def _take_run_dir(self) -> None:
+        """Everything is built: only now may the folder change (an overwritten run is replaced by one
+        that started). The main process takes and locks it; the others wait."""
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resume:     # overwrite: nothing of the old run may pass for this one's
-                for name in ("log.jsonl", MIXING, "results.json", "report.md"):
-                    (self.run_dir / name).unlink(missing_ok=True)
-                for name in ("checkpoints", "adapter", "tensorboard", "plots"):
-                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
-            import json
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            self.folder.take(self.resume, self.config.overwrite)
+            if not self.resume:
+                (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()
 
     def _restore(self) -> None:
@@ -121,8 +120,7 @@ class Trainer:
                 window.append(loss)
                 rate = (state["examples"] - seen_at_start) / max(time.perf_counter() - started, 1e-9)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
+                    bar.update(state["step"], loss, rate)
                 if state["step"] % cfg.log_steps == 0 or state["step"] == self.total_steps:
                     self._log_train(window, rate)
                     window = []
@@ -143,14 +141,14 @@ class Trainer:
         self._save(best=False, final=True)
         self.accelerator.wait_for_everyone()
         return {"steps": state["step"], "epochs": state["step"] / max(batches_per_epoch(sizes, cfg.batch_size), 1),
-                "final_loss": state["last_loss"], "wall_s": wall,
+                "final_loss": state.get("train_loss", state["last_loss"]), "last_batch_loss": state["last_loss"],
+                "wall_s": wall,
                 "examples_per_s": (state["examples"] - seen_at_start) / max(wall, 1e-9)}
 
-    def _progress_bar(self):
+    def _progress_bar(self) -> Progress | None:
         if not (self.main and self.config.train.progress_bar):
             return None
-        from tqdm.auto import tqdm
-        return tqdm(total=self.total_steps, initial=self.state["step"], desc="train", dynamic_ncols=True)
+        return Progress(self.total_steps, self.state["step"])
 
     def _train_step(self, batch: list) -> float:
         """One optimizer step over a global batch; returns the global mean loss."""
@@ -223,10 +221,15 @@ class Trainer:
                            f"'{group.get('name', '?')}') is {bad}"
         return "gradient norm is not finite"
 
+    def _epochs_done(self) -> float:
+        """Epochs trained so far, fractional (a 1-epoch run logs 0.1, 0.2, ..., not 0 throughout)."""
+        return round(self.state["epoch"] + self.state["batch_in_epoch"] / max(self.per_epoch, 1), 4)
+
     def _log_train(self, window: list[float], rate: float) -> None:
-        record = {"kind": "train", "step": self.state["step"], "epoch": self.state["epoch"],
+        record = {"kind": "train", "step": self.state["step"], "epoch": self._epochs_done(),
                   "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
                   "examples_per_s": rate}
+        self.state["train_loss"] = record["loss"]   # the smoothed loss the log shows, for the report
         self.log.write(record)
         if self.main and self.probe_mixing:
             seen = observe_mixing(self.model, self._probe_batch())
@@ -283,7 +286,7 @@ class Trainer:
     def _record_evaluation(self) -> bool:
         scores = self.evaluate_split("validation")
         score = sum(average(m) for m in scores.values()) / len(scores)
-        record = {"kind": "eval", "step": self.state["step"], "epoch": self.state["epoch"], "average": score}
+        record = {"kind": "eval", "step": self.state["step"], "epoch": self._epochs_done(), "average": score}
         record.update({f"{task}/{name}": value for task, m in scores.items() for name, value in m.items()})
         self.log.write(record)
         best = self.state["best"]
@@ -315,14 +318,17 @@ class Trainer:
     def run(self) -> dict | None:
         """Train, then evaluate the best checkpoint on validation and test (eval_strategy: no, the final
         weights on test only); write results and report."""
-        summary = self.fit()
-        results = None
-        if self.main:
-            if self.state["best_step"] is not None:
-                ckpt.load_weights(self.model, self.run_dir / "checkpoints" / "best")
-            results = self._results(summary)
-        self.accelerator.wait_for_everyone()
-        self.log.close()
+        try:
+            summary = self.fit()
+            results = None
+            if self.main:
+                if self.state["best_step"] is not None:
+                    ckpt.load_weights(self.model, self.run_dir / "checkpoints" / "best")
+                results = self._results(summary)
+            self.accelerator.wait_for_everyone()
+        finally:
+            self.log.close()
+            self.folder.release()
         return results
 
     def _results(self, summary: dict) -> dict:

@@ -10,7 +10,7 @@ import transformers as tf
 import peftlab as pl
 
 from ..errors import PeftlabError
-from ..models import gguf_parsed_once, load_pretrained
+from ..models import gguf_parsed_once, load_pretrained, model_source
 from ..tasks import Task
 from .schema import RunConfig
 
@@ -29,12 +29,9 @@ def model_kind(config: RunConfig, hf_config) -> str:
 
 
 def hf_config_of(name: str):
-    from ..models import offline_path
-    path = offline_path(name)
+    source, gguf = model_source(name)
     try:
-        if path is not None and path.suffix == ".gguf":
-            return tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-        return tf.AutoConfig.from_pretrained(str(path) if path is not None else name)
+        return tf.AutoConfig.from_pretrained(source, **gguf)
     except (OSError, ValueError) as err:
         raise PeftlabError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
 

@@ -50,12 +50,17 @@ def write_report(run_dir: Path, results: dict) -> None:
              f"- trainable parameters: {results['trainable']:,} of {results['total']:,} "
              f"({100 * results['trainable'] / max(results['base'], 1):.3f}% of the base)",
              f"- steps: {train.get('steps')}, epochs: {train.get('epochs', 0):.2f}, "
-             f"final train loss: {train.get('final_loss', float('nan')):.4f}",
+             f"final train loss: {_number(train.get('final_loss'))} (mean over the last logging window, "
+             f"as in log.jsonl; last batch: {_number(train.get('last_batch_loss'))})",
              f"- wall time: {train.get('wall_s', 0):.1f} s, {train.get('examples_per_s', 0):.1f} examples/s",
              _weights_line(results.get("best_step")), "",
              "## Results", "", table(results, markdown=True), "",
              "Plots: `peftlab plot RUN_DIR` writes `plots/*.png` (loss, metrics, mixing weights).", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _weights_line(best_step) -> str:
