@@ -229,12 +229,13 @@ def test_dense_projection_too_large_for_the_model_is_refused(monkeypatch):
 def test_gradient_checkpointing_is_refused_in_training():
     model = tiny_model("gpt2")
     pl.attach(model, pl.IntrinsicSAID(intrinsic_dim=100), name="s")
-    model.activation_checkpointing_enable()
+    # transformers 5.23 renamed gradient_checkpointing_enable (now deprecated) to activation_checkpointing_enable
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.train()
     with pytest.raises(PeftlabError, match="checkpointing"):
         model(**tiny_batch("gpt2"))
     assert all(isinstance(p, torch.nn.Parameter) for _, p in named_base_parameters(model))
-    model.activation_checkpointing_disable()
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model(**tiny_batch("gpt2")).loss.backward()
 
 

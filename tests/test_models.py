@@ -102,7 +102,8 @@ def test_a_run_on_a_gguf_model_parses_the_file_once(tiny_gguf, parses, tmp_path)
     assert results["model"] == TINY and results["train"]["steps"] == 1
     # before: 5 parses (the runner's config, load_pretrained's config, the model's config, the
     # weights, the tokenizer's config); now one, converted once for metadata and once with the weights
-    assert parses == {"reader": 1, "metadata": 1, "weights": 1}
+    # (transformers before 5.21 builds the config straight from the reader: no metadata conversion then)
+    assert parses["reader"] == 1 and parses["weights"] == 1 and parses["metadata"] <= 1
 
 
 def loaded(name: str) -> tuple[dict, str, dict, list]:
