@@ -9,7 +9,7 @@ import torch
 import peftlab as pl
 from peftlab import attention
 from peftlab.config import MethodConfig
-from peftlab.registry import _ALIASES, _METHODS, register_method
+from peftlab.registry import register_method, unregister_method
 from tiny import ARCHS, tiny_batch, tiny_model
 
 
@@ -53,8 +53,7 @@ def _build(target, kind):
 def _probe_method():
     register_method("attention_probe", _Probe, _build)
     yield
-    _METHODS.pop("attention_probe")
-    _ALIASES.pop("attention_probe")
+    unregister_method("attention_probe")
 
 
 def _logits(model, batch):

@@ -9,7 +9,7 @@ import torch
 import peftlab as pl
 from peftlab import observe
 from peftlab.core import attachment_parameters
-from peftlab.surgery import Slot, get_module
+from peftlab.runtime import Host, get_module
 from tiny import tiny_batch, tiny_model
 
 
@@ -47,7 +47,7 @@ def test_stack_equals_applying_a_then_b_reference_hooks():
     # Reference: the bare base with forward hooks that apply a's part, then b's, on each adapted output.
     pl.deactivate(reference)
     for _, slot in list(reference.named_modules()):
-        if isinstance(slot, Slot) and "a" in slot.parts:
+        if isinstance(slot, Host) and "a" in slot.parts:
             a, b = slot.parts["a"][0], slot.parts["b"][0]
             slot.base_layer.register_forward_hook(lambda m, i, out, a=a, b=b: b(a(out)))
     torch.testing.assert_close(stacked, _logits(reference, batch), rtol=0, atol=1e-6)
@@ -71,7 +71,7 @@ def _force_fusion_onto(model, fuse_name, chosen_index, n):
     """Query 10 * e0 and keys reading dim 0 make the chosen adapter's +100 on dim 0 win the softmax."""
     with torch.no_grad():
         for _, slot in model.named_modules():
-            if isinstance(slot, Slot) and fuse_name in slot.parts:
+            if isinstance(slot, Host) and fuse_name in slot.parts:
                 part = slot.parts[fuse_name][0]
                 part.query.weight.zero_(), part.query.bias.zero_(), part.key.weight.zero_(), part.key.bias.zero_()
                 part.query.bias[0] = 10.0
@@ -83,12 +83,12 @@ def test_fuse_with_attention_forced_to_one_adapter_equals_that_adapter():
     batch = _inputs()
     with torch.no_grad():   # a and b shift dim 0 by +100 / -100 on their outputs
         for _, slot in model.named_modules():
-            if isinstance(slot, Slot) and "a" in slot.parts:
+            if isinstance(slot, Host) and "a" in slot.parts:
                 slot.parts["a"][0].net.up.bias[0] += 100.0
                 slot.parts["b"][0].net.up.bias[0] -= 100.0
     pl.activate(model, "a")
     only_a = _logits(model, batch)
-    pl.activate(model, pl.Fuse("a", "b"))
+    pl.attach(model, pl.Fuse("a", "b"))
     uniform = _logits(model, batch)
     _force_fusion_onto(model, "fuse_a_b", 0, 2)
     with observe.capture() as seen:
@@ -102,7 +102,7 @@ def test_fuse_with_attention_forced_to_one_adapter_equals_that_adapter():
 
 def test_fuse_trains_only_the_fusion_and_the_head():
     model = _two_adapters()
-    pl.activate(model, pl.Fuse("a", "b"))
+    pl.attach(model, pl.Fuse("a", "b"))
     model.train()
     batch = tiny_batch("bert")
     model(**batch).loss.backward()
@@ -125,7 +125,7 @@ def test_fuse_trains_only_the_fusion_and_the_head():
 
 def test_fusion_saves_and_loads_with_its_members(tmp_path):
     model = _two_adapters()
-    pl.activate(model, pl.Fuse("a", "b"))
+    pl.attach(model, pl.Fuse("a", "b"))
     _perturb(model, ["fuse_a_b"], scale=0.5)
     batch = _inputs()
     expected = _logits(model, batch)
@@ -148,8 +148,8 @@ def test_weighted_sum_with_one_hot_weights_equals_the_chosen_branch(mode):
         expected[name] = _logits(model, batch)
     pl.deactivate(model)
     expected["base"] = _logits(model, batch)
-    pl.activate(model, pl.WeightedSum("a", "b", mode=mode))
-    mixer = next(p for _, p in pl.core._require(model).adapters["wsum_a_b"].parts)
+    pl.attach(model, pl.WeightedSum("a", "b", mode=mode))
+    mixer = next(p for _, p in pl.core.require(model).adapters["wsum_a_b"].parts)
     assert mixer.owner.weights.shape == (2, 3)   # one set per layer; branches base, a, b
     for index, label in enumerate(["base", "a", "b"]):
         hot = torch.nn.functional.one_hot(torch.tensor(index), 3).float()
@@ -162,7 +162,7 @@ def test_weighted_sum_with_one_hot_weights_equals_the_chosen_branch(mode):
 def test_weighted_sum_starts_as_an_even_mix_and_logs_one_series_per_layer():
     model = _two_adapters()
     batch = _inputs()
-    pl.activate(model, pl.WeightedSum("a", "b", num_weight_sets=1))
+    pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=1))
     with observe.capture() as seen:
         mixed = _logits(model, batch)
     assert sorted(seen) == ["wsum_a_b/encoder.0", "wsum_a_b/encoder.1"]
@@ -170,7 +170,7 @@ def test_weighted_sum_starts_as_an_even_mix_and_logs_one_series_per_layer():
     reference = copy.deepcopy(model)   # the three branches mixed by hand with forward hooks
     pl.deactivate(reference)
     for _, slot in list(reference.named_modules()):
-        if isinstance(slot, Slot) and "a" in slot.parts:
+        if isinstance(slot, Host) and "a" in slot.parts:
             a, b = slot.parts["a"][0], slot.parts["b"][0]
             slot.base_layer.register_forward_hook(lambda m, i, h, a=a, b=b: (h + a(h) + b(h)) / 3)
     torch.testing.assert_close(mixed, _logits(reference, batch), rtol=0, atol=1e-5)
@@ -179,8 +179,8 @@ def test_weighted_sum_starts_as_an_even_mix_and_logs_one_series_per_layer():
 @pytest.mark.parametrize("sets,expected_rows", [(1, 1), (-1, 2), (2, 2)])
 def test_weighted_sum_weight_sets(sets, expected_rows):
     model = _two_adapters()
-    pl.activate(model, pl.WeightedSum("a", "b", num_weight_sets=sets, include_base=False))
-    parts = [p for _, p in pl.core._require(model).adapters["wsum_a_b"].parts]
+    pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=sets, include_base=False))
+    parts = [p for _, p in pl.core.require(model).adapters["wsum_a_b"].parts]
     assert parts[0].owner.weights.shape == (expected_rows, 2)
     assert sorted({p.index for p in parts}) == list(range(expected_rows))
     assert pl.trainable_parameters(model)[0] == expected_rows * 2 + sum(
@@ -190,14 +190,14 @@ def test_weighted_sum_weight_sets(sets, expected_rows):
 def test_weighted_sum_flex_and_train_modes():
     model = _two_adapters()
     batch = _inputs()
-    pl.activate(model, pl.WeightedSum("a", "b"))
+    pl.attach(model, pl.WeightedSum("a", "b"))
     plain = _logits(model, batch)
-    pl.activate(model, pl.WeightedSum("a", "b", flex=True, train_mode="flex", name="flexed"))
+    pl.attach(model, pl.WeightedSum("a", "b", flex=True, train_mode="flex", name="flexed"))
     torch.testing.assert_close(_logits(model, batch), plain, rtol=0, atol=1e-6)   # flex starts at zero
     flex = [p for n, p in model.named_parameters() if ".flex." in n]
     assert flex and all(p.requires_grad for p in flex)
     pl.detach(model, "flexed"), pl.detach(model, "wsum_a_b")
-    pl.activate(model, pl.WeightedSum("a", "b", train_mode="full_ft", name="full"))
+    pl.attach(model, pl.WeightedSum("a", "b", train_mode="full_ft", name="full"))
     assert all(p.requires_grad for p in model.parameters())   # base, members, weights and head
     pl.detach(model, "full")
     base = [p for n, p in model.named_parameters() if n.startswith("bert.") and ".parts." not in n]
@@ -222,13 +222,13 @@ def test_parallel_block_rows_equal_separate_runs():
 
 def test_average_of_bottlenecks_averages_every_tensor():
     model = _two_adapters()
-    pl.activate(model, pl.Average("a", "b", weights=[0.25, 0.75], name="avg"))
+    pl.attach(model, pl.Average("a", "b", weights=[0.25, 0.75], name="avg"))
     from peftlab.io import adapter_state
     states = {n: adapter_state(model, n) for n in ("a", "b", "avg")}
     for key, value in states["avg"].items():
         if not key.startswith("base."):
             torch.testing.assert_close(value, 0.25 * states["a"][key] + 0.75 * states["b"][key])
-    assert pl.core._require(model).active == ("avg",)
+    assert pl.core.require(model).active == ("avg",)
 
 
 def test_average_of_loras_is_the_average_update():
@@ -236,12 +236,12 @@ def test_average_of_loras_is_the_average_update():
     pl.attach(model, pl.LoRA(r=2, alpha=4), "a")
     pl.attach(model, pl.LoRA(r=4, alpha=4), "b")
     _perturb(model, ["a", "b"])
-    pl.activate(model, pl.Average("a", "b", weights=[0.3, 0.7], name="avg"))
-    parts = {n: [p for _, p in pl.core._require(model).adapters[n].parts] for n in ("a", "b", "avg")}
+    pl.attach(model, pl.Average("a", "b", weights=[0.3, 0.7], name="avg"))
+    parts = {n: [p for _, p in pl.core.require(model).adapters[n].parts] for n in ("a", "b", "avg")}
     assert parts["avg"][0].lora_A.weight.shape[0] == 6
     for pa, pb, pv in zip(parts["a"], parts["b"], parts["avg"]):
         torch.testing.assert_close(pv.delta_weight(), 0.3 * pa.delta_weight() + 0.7 * pb.delta_weight())
-    assert pl.core._require(model).active == ("avg",)
+    assert pl.core.require(model).active == ("avg",)
 
 
 def test_detaching_everything_restores_the_model_bit_for_bit():
@@ -249,15 +249,15 @@ def test_detaching_everything_restores_the_model_bit_for_bit():
     original = {k: v.clone() for k, v in model.state_dict().items()}
     for name in ("a", "b"):
         pl.attach(model, pl.Pfeiffer(reduction_factor=2), name)
-    pl.activate(model, pl.WeightedSum("a", "b", flex=True, train_mode="base_ft"))
+    pl.attach(model, pl.WeightedSum("a", "b", flex=True, train_mode="base_ft"))
     model(**_inputs("llama"), adapter_names=["a", "b", "__base__", "a"])
-    pl.activate(model, pl.Fuse("a", "b"))
+    pl.attach(model, pl.Fuse("a", "b"))
     for name in list(pl.adapters(model)):
         pl.detach(model, name)
     assert not model._forward_pre_hooks and not model._forward_hooks and "generate" not in model.__dict__
     after = model.state_dict()
     assert list(after) == list(original) and all(torch.equal(after[k], v) for k, v in original.items())
-    assert not any(isinstance(m, Slot) for m in model.modules())
+    assert not any(isinstance(m, Host) for m in model.modules())
     assert get_module(model, "model.layers.0.mlp.down_proj").__class__.__name__ == "Linear"
 
 
@@ -273,3 +273,17 @@ def test_parallel_block_in_generate_gives_each_member_its_copy_of_the_batch():
     pl.activate(model, pl.ParallelBlock("a", pl.Stack("b")))
     both = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     assert torch.equal(both, torch.cat(separate))
+
+
+def test_activating_a_fusion_that_was_not_created_says_how_to_create_it():
+    model = _two_adapters()
+    before = pl.core.require(model).active
+    with pytest.raises(pl.PeftlabError, match=r"no fusion adapter 'fuse_a_b' is attached: create it first "
+                                              r"with pl.attach\(model, Fuse\('a', 'b'"):
+        pl.activate(model, pl.Fuse("a", "b"))
+    with pytest.raises(pl.PeftlabError, match=r"an Average creates a new adapter: pl.attach"):
+        pl.activate(model, pl.Average("a", "b"))
+    assert pl.core.require(model).active == before and "fuse_a_b" not in pl.adapters(model)
+    pl.attach(model, pl.Fuse("a", "b"), activate=False)          # explicit creation, then activation
+    pl.activate(model, pl.Fuse("a", "b"))
+    assert pl.core.require(model).active == pl.Fuse("a", "b")

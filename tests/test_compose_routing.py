@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import peftlab as pl
+from peftlab.blocks import Mixing
 from peftlab.core import attachment_parameters
 from tiny import tiny_batch, tiny_model
 
@@ -115,12 +116,12 @@ def test_routing_reaches_adapter_free_modules_too():
 
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, dict(pl.adapters(model)), \
-        pl.core._require(model).active
+        pl.core.require(model).active
 
 
 def _assert_unchanged(model, snapshot, batch, expected):
     state, adapters, active = snapshot
-    assert list(pl.adapters(model)) == list(adapters) and pl.core._require(model).active == active
+    assert list(pl.adapters(model)) == list(adapters) and pl.core.require(model).active == active
     after = model.state_dict()
     assert list(after) == list(state) and all(torch.equal(after[k], v) for k, v in state.items())
     torch.testing.assert_close(_logits(model, batch), expected, rtol=0, atol=0)
@@ -147,7 +148,9 @@ def test_bad_blocks_raise_and_leave_the_model_unchanged(block, message):
     expected = _logits(model, batch)
     snapshot = _snapshot(model)
     with pytest.raises(pl.PeftlabError, match=message):
-        pl.activate(model, block())
+        made = block()
+        # blocks that create an adapter (a fusion, a multi-adapter, an average) are attached explicitly
+        (pl.attach if isinstance(made, (Mixing, pl.Average)) else pl.activate)(model, made)
     _assert_unchanged(model, snapshot, batch, expected)
 
 
@@ -188,15 +191,16 @@ def test_routing_refuses_while_an_adapter_is_merged():
 
 
 def test_row_mask_tells_hooks_outside_the_layers_which_rows_they_serve():
-    from peftlab.compose import row_mask
+    from peftlab.calls import row_mask
+    from peftlab.state import controller_of
     model = _model("bert", "lora", names=("a", "b"))
     seen = []
-    model.register_forward_pre_hook(lambda m, a, k: seen.append((row_mask(m, "a", 4), row_mask(m, "b", 4))),
+    model.register_forward_pre_hook(lambda m, a, k: seen.append((row_mask(controller_of(m), "a", 4), row_mask(controller_of(m), "b", 4))),
                                     with_kwargs=True)
     _logits(model, _inputs("bert", batch=4), adapter_names=["a", "b", "a", "__base__"])
     assert seen[-1][0].tolist() == [True, False, True, False] and seen[-1][1].tolist() == [False, True, False, False]
     with pl.route(model, ["a", "b", "a", "__base__"]):   # beams: each row's copies follow it
-        assert row_mask(model, "b", 8).tolist() == [False, False, True, True, False, False, False, False]
+        assert row_mask(controller_of(model), "b", 8).tolist() == [False, False, True, True, False, False, False, False]
     pl.activate(model, pl.BatchSplit("a", "b", sizes=[1, 3]))
     _logits(model, _inputs("bert", batch=4))
     assert seen[-1][0].tolist() == [True, False, False, False]

@@ -18,7 +18,7 @@ CASES = [(name, arch) for name in pl.method_names() for arch in ARCHS]
 
 
 def _config(name, arch, tmp_path):
-    config = contract_cases(name, arch, tmp_path)
+    config = contract_cases(name, tiny_model(arch), tmp_path)
     if config is None:
         pytest.skip(f"{name} does not apply to {arch}")
     return config

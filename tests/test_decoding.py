@@ -10,7 +10,7 @@ import transformers as tf
 import peftlab as pl
 from peftlab import decoding
 from peftlab.core import attachment_parameters
-from peftlab.methods.spot import save_example_prompts
+from peftlab.methods.prompt import save_random_prompts
 from test_kernel import lively_model as tiny_model   # weights N(0, 0.3^2): outputs far from zero
 from tiny import VOCAB
 
@@ -22,7 +22,7 @@ PREFIX = pl.PrefixTuning(prefix_length=3, mlp_hidden=8)
 
 
 def _configs(arch, tmp_path) -> dict:
-    sources = save_example_prompts(arch, tmp_path, count=2, length=4)
+    sources = save_random_prompts(tiny_model(arch), tmp_path, count=2, length=4)
     return {
         "prompt_tuning": pl.PromptTuning(length=4, seed=3),
         "spot": pl.SPoT(sources=sources),
@@ -156,7 +156,7 @@ def test_a_routed_mixed_batch_decodes_row_for_row_as_each_adapter_alone(arch):
 @pytest.mark.parametrize("arch", ["t5", "gpt2", "qwen2"])
 def test_multi_task_attempt_decodes_the_same_with_and_without_cache(arch, tmp_path):
     model = tiny_model(arch)
-    sources = save_example_prompts(arch, tmp_path, count=2, length=4)
+    sources = save_random_prompts(model, tmp_path, count=2, length=4)
     pl.attach(model, pl.Attempt(sources=sources, attn_hidden=8, tasks=("x", "y")), "a")
     _lively(model, "a")
     assert_same_decoding(model, arch, task_ids=torch.tensor([1, 0]))

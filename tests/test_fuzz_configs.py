@@ -62,7 +62,7 @@ def _snapshot(model):
 
 
 def _run(method, arch, overrides, tmp_path):
-    base = contract_cases(method, arch, tmp_path)
+    base = contract_cases(method, tiny_model(arch), tmp_path)
     if base is None:
         return
     data = {**base.to_dict(), **overrides}

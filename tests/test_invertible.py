@@ -6,6 +6,7 @@ import torch
 
 import peftlab as pl
 from peftlab.core import attachment_parameters
+from peftlab.runtime import get_module
 from peftlab.methods.invertible import CouplingForward, CouplingInverse, NiceCoupling
 from tiny import tiny_batch, tiny_model
 
@@ -18,7 +19,7 @@ def _perturb(model, name, seed):
 
 
 def _parts(model, name, kind):
-    return [p for _, p in pl.core._require(model).adapters[name].parts if isinstance(p, kind)]
+    return [p for _, p in pl.core.require(model).adapters[name].parts if isinstance(p, kind)]
 
 
 @pytest.mark.parametrize("d", [16, 17])   # odd widths split unevenly
@@ -102,10 +103,10 @@ def test_madx_stack_equals_the_language_then_task_reference():
     stacked = _run(model, batch)[1][-1]
     # Reference: hooks on the plain base modules applying lang_en's parts, then task's.
     reference = tiny_model("bert")
-    controller = pl.core._require(model)
+    controller = pl.core.require(model)
     for name in ("lang_en", "task"):
         for path, part in controller.adapters[name].parts:
-            module = pl.surgery.get_module(reference, path)
+            module = get_module(reference, path)
             module.register_forward_hook(lambda m, i, out, part=part: part(out))
     torch.testing.assert_close(_run(reference, batch)[1][-1], stacked, rtol=0, atol=1e-5)
 

@@ -15,7 +15,7 @@ from peftlab.layouts import layout_for
 from peftlab.methods.kernel import FusedMixPart, KernelAdapter, KernelMix, KernelScalePart, OutputMix, QueryMix, \
     ValueMix
 from peftlab.state import controller_of
-from peftlab.surgery import base_module, get_module
+from peftlab.runtime import base_module, get_module
 from peftlab.targeting import LayerSelection, resolve_slot
 from tiny import VOCAB, tiny_batch, tiny_model
 

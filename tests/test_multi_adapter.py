@@ -9,7 +9,7 @@ import torch
 
 import peftlab as pl
 from peftlab import observe
-from peftlab.compose.mixers import WeightedSumConfig
+from peftlab.methods.weighted_sum import WeightedSumConfig
 from peftlab.core import attachment_parameters
 from tiny import tiny_model
 
@@ -79,7 +79,7 @@ def test_sources_load_frozen_and_leave_with_the_mixer(tmp_path):
             for p in attachment_parameters(model, name):
                 p.add_(0.3 * torch.randn_like(p))
         pl.save(model, tmp_path / name, name)
-    pl.activate(model, pl.WeightedSum("a", "b"))
+    pl.attach(model, pl.WeightedSum("a", "b"))
     batch = {"input_ids": torch.randint(3, 96, (2, 5))}
     with torch.no_grad():
         expected = model(**batch).logits
@@ -117,10 +117,10 @@ def test_the_runner_logs_weighted_sum_weights_and_plot_draws_one_png_per_layer(t
     model = tiny_model("bert")
     for name in ("rte", "mrpc"):
         pl.attach(model, pl.Pfeiffer(reduction_factor=2), name)
-    pl.activate(model, pl.WeightedSum("rte", "mrpc", name="default"))
+    pl.attach(model, pl.WeightedSum("rte", "mrpc", name="default"))
     log = RunLog(tmp_path, enabled=True, tensorboard=False)
     batch = {"input_ids": torch.randint(3, 96, (3, 5))}
-    mixer = next(p for _, p in pl.core._require(model).adapters["default"].parts)
+    mixer = next(p for _, p in pl.core.require(model).adapters["default"].parts)
     for step in (10, 20):
         with torch.no_grad():
             mixer.owner.weights[:, 1] += 1.0   # as if training moved weight onto the rte branch

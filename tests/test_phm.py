@@ -138,7 +138,7 @@ def test_shared_W_phm_keeps_one_block_set_per_shape():
 def test_compacter_plus_plus_sits_after_the_ffn_only():
     model = tiny_model("t5")
     pl.attach(model, pl.CompacterPlusPlus(reduction_factor=4, phm_dim=4), name="c")
-    slots = model._peftlab.adapters["c"].slots
+    slots = model._peftlab.adapters["c"].hosts
     assert slots and all(path.endswith("DenseReluDense.wo") for path in slots)
     assert len(_layers(model)) == 2 * 2 * 2
 

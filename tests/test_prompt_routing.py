@@ -144,12 +144,12 @@ def test_generate_under_a_batch_split_equals_single_prompt_generation(arch):
 
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, list(pl.adapters(model)), \
-        pl.core._require(model).active
+        pl.core.require(model).active
 
 
 def _assert_unchanged(model, snapshot, batch, expected):
     state, adapters, active = snapshot
-    assert list(pl.adapters(model)) == adapters and pl.core._require(model).active == active
+    assert list(pl.adapters(model)) == adapters and pl.core.require(model).active == active
     after = model.state_dict()
     assert list(after) == list(state) and all(torch.equal(after[k], v) for k, v in state.items())
     torch.testing.assert_close(_outputs(model, batch), expected, rtol=0, atol=0)

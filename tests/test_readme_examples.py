@@ -12,8 +12,8 @@ def test_readme_composition_lines_run():
                   name=name)
     batch = {k: v for k, v in tiny_batch("bert", batch=3).items() if k != "labels"}
     pl.activate(model, pl.Stack("lang_de", "task"))
-    pl.activate(model, pl.Fuse("rte", "mrpc", "sst2"))
-    pl.activate(model, pl.WeightedSum("rte", "mrpc", mode="softmax"))
+    pl.attach(model, pl.Fuse("rte", "mrpc", "sst2"))
+    pl.attach(model, pl.WeightedSum("rte", "mrpc", mode="softmax"))
     with torch.no_grad():
         assert model(**batch).logits.shape[0] == 3
     pl.deactivate(model)
@@ -21,5 +21,5 @@ def test_readme_composition_lines_run():
         model(**batch, adapter_names=["rte", "mrpc", "rte"])
     pl.activate(model, pl.BatchSplit("a", "b", sizes=[2, 1]))
     pl.activate(model, pl.ParallelBlock("a", "b"))
-    pl.activate(model, pl.Average("a", "b", weights=[0.5, 0.5], name="avg"))
+    pl.attach(model, pl.Average("a", "b", weights=[0.5, 0.5], name="avg"))
     assert "avg" in pl.adapters(model)

@@ -27,13 +27,15 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .errors import PeftlabError
 from .targeting import LayerSelection, Site
 
 PREFIX = "peftlab_"
 _WRAPPABLE = ("sdpa", "eager")
-_HOOKS_ATTR = "_peftlab_attention"
+SITE_ATTR = "_peftlab_attention"   # the AttentionSite of a module with extensions
 
 
 class AttentionCall:
@@ -114,17 +116,16 @@ class AttentionExtension(nn.Module):
         return output
 
 
-class _Hooks:
-    """What sits on one attention module: adapter name -> extension, and the model's controller."""
+class AttentionSite:
+    """What sits on one attention module: adapter name -> extension. It reads the model's active setup
+    (the Controller's `Activation`) to run only the active adapters' extensions."""
 
-    def __init__(self, controller):
-        self.controller = controller
+    def __init__(self, activation):
+        self.activation = activation
         self.extensions: dict[str, AttentionExtension] = {}
 
     def active(self) -> list[AttentionExtension]:
-        from .core import _names_in
-        names = _names_in(self.controller.active)
-        return [self.extensions[n] for n in names if n in self.extensions]
+        return [self.extensions[n] for n in self.activation.names if n in self.extensions]
 
 
 def _original_function(module: nn.Module, implementation: str) -> Callable:
@@ -133,15 +134,14 @@ def _original_function(module: nn.Module, implementation: str) -> Callable:
         if eager is None:
             raise PeftlabError(f"{type(module).__name__}: no eager attention function found in its module")
         return eager
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def _make_wrapper(implementation: str) -> Callable:
     def peftlab_attention(module, query, key, value, attention_mask, **kwargs):
         original = _original_function(module, implementation)
-        hooks = module.__dict__.get(_HOOKS_ATTR)
-        extensions = hooks.active() if hooks is not None else []
+        site = module.__dict__.get(SITE_ATTR)
+        extensions = site.active() if site is not None else []
         if not extensions:
             return original(module, query, key, value, attention_mask, **kwargs)
         call = AttentionCall(module, query, key, value, attention_mask, kwargs, original)
@@ -157,8 +157,6 @@ def _make_wrapper(implementation: str) -> Callable:
 
 def _register(implementation: str) -> str:
     """Register the wrapper (and the original's mask function) under "peftlab_<implementation>"."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     name = PREFIX + implementation
     if name not in ALL_ATTENTION_FUNCTIONS._global_mapping:
         ALL_ATTENTION_FUNCTIONS.register(name, _make_wrapper(implementation))
@@ -166,30 +164,15 @@ def _register(implementation: str) -> str:
     return name
 
 
-# id(config) -> [config, its original implementation, extensions relying on the switch]. Several adapters
-# may share one config: it goes back to the original only when the last of them is detached.
-_SWITCHED: dict[int, list] = {}
-
-
-def _switch_config(config, journal) -> None:
-    """Point one config at the wrapper; journal a release that restores it once nobody relies on it."""
-    entry = _SWITCHED.get(id(config))
-    if entry is None or entry[0] is not config:
-        current = config._attn_implementation or "sdpa"
-        if current not in _WRAPPABLE:
-            raise PeftlabError(f"attention implementation '{current}' cannot take prefixes or score changes; "
-                               f"load the model with attn_implementation='sdpa' or 'eager'")
-        entry = _SWITCHED[id(config)] = [config, config.__dict__.get("_attn_implementation_internal"), 0]
-        config.__dict__["_attn_implementation_internal"] = _register(current)
-    entry[2] += 1
-
-    def release():
-        entry[2] -= 1
-        if entry[2] == 0:
-            config.__dict__["_attn_implementation_internal"] = entry[1]
-            _SWITCHED.pop(id(config), None)
-
-    journal.record(release)
+def _switch_config(target, config) -> None:
+    """Point one config at the wrapper while this adapter needs it (the Controller counts the users)."""
+    current = config._attn_implementation or "sdpa"
+    if current.startswith(PREFIX):
+        current = current[len(PREFIX):]
+    if current not in _WRAPPABLE:
+        raise PeftlabError(f"attention implementation '{current}' cannot take prefixes or score changes; "
+                           f"load the model with attn_implementation='sdpa' or 'eager'")
+    target.controller.switch_config(config, _register(current), target.journal)
 
 
 def _configs_to_switch(target, module: nn.Module) -> list:
@@ -205,14 +188,14 @@ def install(target, site: Site, extension: AttentionExtension) -> AttentionExten
     """Install `extension` for adapter `target.name` on the attention module at `site` (journaled)."""
     module = target.module(site.path)
     for config in _configs_to_switch(target, module):
-        _switch_config(config, target.journal)
-    hooks = module.__dict__.get(_HOOKS_ATTR)
+        _switch_config(target, config)
+    hooks = module.__dict__.get(SITE_ATTR)
     if hooks is None:
-        hooks = module.__dict__[_HOOKS_ATTR] = _Hooks(target.controller)
+        hooks = module.__dict__[SITE_ATTR] = AttentionSite(target.controller.activation)
 
-    def remove_if_unused():   # whichever adapter leaves last takes the hooks away
-        if not hooks.extensions and module.__dict__.get(_HOOKS_ATTR) is hooks:
-            del module.__dict__[_HOOKS_ATTR]
+    def remove_if_unused():   # whichever adapter leaves last takes the site away
+        if not hooks.extensions and module.__dict__.get(SITE_ATTR) is hooks:
+            del module.__dict__[SITE_ATTR]
 
     target.journal.record(remove_if_unused)
     if target.name in hooks.extensions:

@@ -4,29 +4,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import train
 from .errors import PeftlabError
+from .loading import load
+from .models import build_from_config, load_config
+from .params_table import print_table
+from .peft_interop import export_peft
 
 
 def _params(args) -> None:
-    from .params_table import print_table
     print_table(args.model, args.method, args.config, args.head)
 
 
 def _export(args) -> None:
-    from .models import build_from_config, load_config
-    import peftlab as pl
     model = build_from_config(load_config(args.model))
-    pl.load(model, args.adapter, trainable=False)
-    pl.export_peft(model, None, args.output)
+    load(model, args.adapter, trainable=False)
+    export_peft(model, None, args.output)
     print(f"wrote {args.output}")
 
 
 def _runner(command: str):
     def run(args) -> None:
-        try:
-            from . import train
-        except ImportError as err:
-            raise PeftlabError(f"'peftlab {command}' needs the runner extras: {err}") from None
         getattr(train, f"cli_{command}")(args)
     return run
 

@@ -59,9 +59,8 @@ def coerce(value: Any, tp, where: str):
         if isinstance(value, tp):
             return value
         if isinstance(value, dict):
-            from .registry import get_method   # late: the registry imports this module
-            cls = get_method(str(value["method"])).config_cls if "method" in value else tp
-            if not issubclass(cls, tp):   # a preset (e.g. pfeiffer for a Bottleneck field) is fine
+            cls = named_config(tp, str(value["method"])) if "method" in value else tp
+            if cls is None:   # a preset of the field's method (pfeiffer for a Bottleneck field) is fine
                 raise PeftlabError(f"{where}: expects a '{tp.method}' config, got method '{value['method']}'")
             try:
                 return cls.from_dict(value)
@@ -69,6 +68,18 @@ def coerce(value: Any, tp, where: str):
                 raise PeftlabError(f"{where}: {err}") from None
         raise PeftlabError(f"{where}: expected a {tp.__name__} config, got {value!r}")
     return _coerce_scalar(value, tp, where)
+
+
+def named_config(base: type, name: str) -> type | None:
+    """The config class named `name` (its method name or an alias) among `base` and its subclasses."""
+    key = name.lower()
+    todo = [base]
+    while todo:
+        cls = todo.pop()
+        if key == cls.method or key in getattr(cls, "method_aliases", ()):
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
 
 
 def _coerce_scalar(value, tp, where):
@@ -120,7 +131,8 @@ class MethodConfig(metaclass=CheckedConstruction):
     Subclasses set `method` (the registry name) and may override `validate()` for cross-field rules.
     """
 
-    method: ClassVar[str] = ""
+    method: ClassVar[str] = ""                    # the registry name, set by `register_method`
+    method_aliases: ClassVar[tuple[str, ...]] = ()
     unfreeze_layer_norms: bool = False
     unfreeze_lm_head: bool = False
     train_head: bool = True  # a task head (classifier, score) is new, so it trains with any method
@@ -148,6 +160,14 @@ class MethodConfig(metaclass=CheckedConstruction):
     def frozen_members(self) -> tuple[str, ...]:
         """Adapters this one mixes and keeps frozen while it is active (AdapterFusion's members)."""
         return ()
+
+    def mixed_members(self) -> tuple[str, ...]:
+        """The adapters whose outputs this one mixes (empty: not a mixing method)."""
+        return ()
+
+    def member_sources(self) -> dict[str, str]:
+        """Saved adapters to load (name -> directory or file) before attaching this one, when absent."""
+        return {}
 
     def build_kwargs(self) -> dict:
         """The plain arguments a builder receives (the generic switches are handled by attach)."""

@@ -7,50 +7,24 @@ written to a temporary name and renamed, so a crash never leaves a half-written 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .core import _pick, _require, attach, detach
+from . import core
+from .average import average
+from .blocks import Average
+from .core import adapter_state, detach, pick, require
 from .errors import PeftlabError
+from .files import CONFIG_FILE, WEIGHTS_FILE, atomic_write, read_json, read_safetensors
 from .registry import config_from_dict
-from .state import controller_of, home_of
-from .surgery import named_base_parameters
+from .runtime import named_base_parameters
+from .state import controller_of
 
-CONFIG_FILE, WEIGHTS_FILE = "peftlab_config.json", "peftlab_weights.safetensors"
 FORMAT_VERSION = 1
-
-
-def adapter_state(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    """Stable key -> tensor for everything an adapter owns; a shared tensor appears once."""
-    attachment = _require(model).adapters[name]
-    out, seen = {}, set()
-
-    def put(key, tensor):
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            out[key] = tensor
-
-    home = home_of(model)
-    if home is not None and name in home:
-        for key, tensor in home[name].state_dict(keep_vars=True).items():
-            put(f"home.{key}", tensor)
-    counters: dict[str, int] = {}
-    for path, part in attachment.parts:
-        index = counters[path] = counters.get(path, -1) + 1
-        for key, tensor in part.state_dict(keep_vars=True).items():
-            put(f"parts.{path}.{index}.{key}", tensor)
-    claimed = set(attachment.claimed)
-    for param_name, param in named_base_parameters(model):
-        if param_name in claimed:
-            put(f"base.{param_name}", param)
-    return out
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -75,21 +49,59 @@ def fingerprint_difference(saved: dict, here: dict) -> str | None:
     return f"this model has base parameter '{extra}' that the saved base lacked" if extra else None
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def attach(model: nn.Module, config, name: str | None = None, *, activate: bool = True,
+           trainable: bool = True) -> nn.Module:
+    """`pl.attach`: attach a method config, or a composition block that creates an adapter — a Fuse or
+    WeightedSum (the adapter holding its mixing weights), an Average (the averaged adapter). Saved members
+    a mixing config names in `sources` are loaded first, frozen, when absent, and leave with it. On any
+    error the model is left exactly as it was."""
+    if isinstance(config, Average):
+        average(model, config.members, config.weights, name or config.name)
+        if activate:
+            core.activate(model, name or config.name)
+        return model
+    if hasattr(config, "mixer_config"):
+        name = name or config.name
+        config = config_from_dict(config.mixer_config())
+    loaded = _load_sources(model, config.member_sources())
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        core.attach(model, config, name, activate=activate, trainable=trainable)
+    except BaseException:
+        for member in reversed(loaded):
+            detach(model, member)
+        raise
+    if loaded:   # members loaded for this adapter go when it goes (after its own parts are removed)
+        attachment = controller_of(model).adapters[name or "default"]
+        attachment.journal.record_last(lambda: _detach_if_attached(model, loaded))
+    return model
+
+
+def _load_sources(model: nn.Module, sources: dict) -> list[str]:
+    """Load each saved member not attached yet (frozen, inactive); on a failure, unload what was loaded."""
+    loaded: list[str] = []
+    try:
+        for member, directory in sources.items():
+            controller = controller_of(model)
+            if controller is None or member not in controller.adapters:
+                load(model, directory, member, trainable=False, activate=False)
+                loaded.append(member)
+    except BaseException:
+        _detach_if_attached(model, loaded)
+        raise
+    return loaded
+
+
+def _detach_if_attached(model: nn.Module, names) -> None:
+    for member in reversed(list(names)):
+        controller = controller_of(model)
+        if controller is not None and member in controller.adapters:
+            detach(model, member)
 
 
 def save(model: nn.Module, directory, name: str | None = None) -> Path:
     """Write one adapter (default: the only one attached) to `directory`."""
-    controller = _require(model)
-    name = _pick(controller, name)
+    controller = require(model)
+    name = pick(controller, name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().to("cpu").contiguous().clone() for k, t in adapter_state(model, name).items()}
@@ -97,27 +109,9 @@ def save(model: nn.Module, directory, name: str | None = None) -> Path:
         "format": "peftlab-adapter", "format_version": FORMAT_VERSION, "name": name,
         "config": controller.adapters[name].config.to_dict(), "fingerprint": fingerprint(model),
     }
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PeftlabError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PeftlabError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise PeftlabError(f"{path}: file not found") from None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise PeftlabError(f"{path}: unreadable or truncated safetensors file ({err})") from None
 
 
 def load(model: nn.Module, directory, name: str | None = None, *, trainable: bool = False,
@@ -129,8 +123,8 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     """
     directory = Path(directory)
     if not (directory / CONFIG_FILE).exists() and (directory / "adapter_config.json").exists():
-        from .peft_interop import import_peft
-        return import_peft(model, directory, name, trainable=trainable, activate=activate)
+        raise PeftlabError(f"{directory}: an HF PEFT adapter directory; load it with pl.load (peftlab's "
+                           f"top-level load reads both formats)")
     meta = read_json(directory / CONFIG_FILE)
     if meta.get("format") != "peftlab-adapter" or "config" not in meta:
         raise PeftlabError(f"{directory / CONFIG_FILE}: not a peftlab adapter config")

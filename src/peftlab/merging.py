@@ -7,7 +7,7 @@ from torch import nn
 
 from .errors import PeftlabError
 from .state import controller_of
-from .surgery import Slot, get_module
+from .runtime import Host, get_module
 from .targeting import is_conv1d
 
 
@@ -23,9 +23,9 @@ def _parts(model: nn.Module, name: str):
     return [(get_module(model, path), part) for path, part in attachment.parts]
 
 
-def _new_tensors(slot: Slot, part, sign: int) -> dict[str, torch.Tensor]:
+def _new_tensors(host: Host, part, sign: int) -> dict[str, torch.Tensor]:
     """The base layer's weight (and bias) after merging (sign=+1) or unmerging (sign=-1) `part`."""
-    base = slot.base_layer
+    base = host.base_layer
     conv = is_conv1d(base)
     weight = base.weight.detach()
     out = {}
@@ -37,7 +37,7 @@ def _new_tensors(slot: Slot, part, sign: int) -> dict[str, torch.Tensor]:
     scale = scale.detach().to(weight.dtype)
     if sign < 0:
         if bool((scale == 0).any()):
-            raise PeftlabError(f"cannot unmerge at {slot.path}: a scale of zero is not invertible")
+            raise PeftlabError(f"cannot unmerge at {host.path}: a scale of zero is not invertible")
         scale = 1.0 / scale
     rows_are_out = not conv
     if (axis == "out") == rows_are_out:
@@ -52,16 +52,16 @@ def _new_tensors(slot: Slot, part, sign: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _apply(model: nn.Module, name: str, merged_now: bool) -> None:
     plans = []
-    for slot, part in _parts(model, name):
-        if getattr(part, "merged", False) == merged_now:
+    for host, part in _parts(model, name):
+        if part.merged == merged_now:
             continue  # merging twice (or unmerging an unmerged adapter) changes nothing
-        plans.append((slot, part, _new_tensors(slot, part, +1 if merged_now else -1)))
-    for slot, _, tensors in plans:
+        plans.append((host, part, _new_tensors(host, part, +1 if merged_now else -1)))
+    for host, _, tensors in plans:
         if not all(torch.isfinite(t).all() for t in tensors.values()):
-            raise PeftlabError(f"refusing to merge adapter '{name}': non-finite weights at {slot.path}")
-    for slot, part, tensors in plans:
+            raise PeftlabError(f"refusing to merge adapter '{name}': non-finite weights at {host.path}")
+    for host, part, tensors in plans:
         for attr, value in tensors.items():
-            getattr(slot.base_layer, attr).copy_(value)
+            getattr(host.base_layer, attr).copy_(value)
         part.merged = merged_now
 
 

@@ -104,8 +104,8 @@ def gguf_parsed_once():
 def _gguf_sharing_patches() -> list[tuple]:
     """(module, name, original, shared) for the two functions that parse a GGUF file in transformers."""
     try:
-        import gguf
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+        import gguf   # optional extra ([tasks]): only GGUF models need it
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils   # optional: needs gguf
     except ImportError:         # no GGUF support installed: nothing parses a GGUF file anyway
         return []
     parse, convert = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint

@@ -7,7 +7,9 @@ import transformers as tf
 import yaml
 
 from .config import MethodConfig
+from .core import trainable_parameters
 from .errors import PeftlabError
+from .io import attach
 from .models import PRESETS, build_from_config, load_config
 from .registry import config_from_dict, get_method
 
@@ -32,11 +34,10 @@ def read_config_file(path: str) -> MethodConfig:
 
 def count(model_name: str, config: MethodConfig, head: str = "auto") -> tuple[int, int]:
     """(trainable parameters of `config` on the model, base parameters)."""
-    import peftlab as pl
     model = build_from_config(load_config(model_name), HEADS[head], meta=True)
-    base = pl.trainable_parameters(model)[1]
-    pl.attach(model, config, name="probe")
-    trainable = pl.trainable_parameters(model)[0]
+    base = trainable_parameters(model)[1]
+    attach(model, config, name="probe")
+    trainable = trainable_parameters(model)[0]
     return trainable, base
 
 

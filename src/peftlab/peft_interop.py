@@ -11,16 +11,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .core import _pick, _require, attach, detach
+from .core import adapter_state, attach, detach, pick, require
 from .errors import PeftlabError
-from .io import _atomic_write, adapter_state, copy_into, read_json, read_safetensors
+from .files import atomic_write, read_json, read_safetensors, read_torch_tensors
+from .io import copy_into
+from .layouts import layout_for
 from .methods.ia3 import IA3, IA3Part
 from .methods.lora import LoRA, LoRAPart
 from .methods.prefix import PrefixTuning
 from .methods.prompt import PromptTuning
 from .methods.spot import SPoT
+from .runtime import get_module
 from .targeting import is_conv1d
-from .surgery import get_module
 
 _PREFIX = "base_model.model."
 # HF PEFT options whose meaning peftlab's LoRA does not share: importing them would silently change outputs.
@@ -30,8 +32,8 @@ _UNSUPPORTED = {"use_dora": False, "use_rslora": False, "bias": "none", "rank_pa
 
 def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     """Write adapter `name` (LoRA or IA3) as an HF PEFT adapter directory."""
-    controller = _require(model)
-    name = _pick(controller, name)
+    controller = require(model)
+    name = pick(controller, name)
     attachment = controller.adapters[name]
     config = attachment.config
     if isinstance(config, (PromptTuning, SPoT, PrefixTuning)):
@@ -63,8 +65,8 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()}
-    _atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-    _atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory
 
 
@@ -94,10 +96,7 @@ def _read_peft_weights(directory: Path) -> dict[str, torch.Tensor]:
     if not legacy.exists():
         raise PeftlabError(f"{directory}: no adapter_model.safetensors (or adapter_model.bin) found")
     warnings.warn(f"{legacy}: legacy pickle-based file, read with torch.load(weights_only=True)")
-    try:
-        return torch.load(legacy, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refuses anything but tensors
-        raise PeftlabError(f"{legacy}: refused or unreadable ({err})") from None
+    return read_torch_tensors(legacy)
 
 
 def import_peft(model: nn.Module, directory, name: str | None = None, *, trainable: bool = False,
@@ -138,7 +137,7 @@ def _peft_task_type(model, layout) -> str:
 def _export_prompt(model, name, attachment, directory: Path) -> Path:
     """PEFT's encoder-only prompt (num_transformer_submodules=1), or a flat prefix on decoder-only models
     (PEFT's T5 prefix reuses layers and its BERT/BART prefixes shift positions that ours do not)."""
-    config, controller = attachment.config, _require(model)
+    config, controller = attachment.config, require(model)
     if attachment.claimed:
         raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
                            "set train_head/unfreeze_* off to export it in HF PEFT's format")
@@ -161,17 +160,17 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
                     prompt_tuning_init="RANDOM")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"prompt_embeddings": tensor.detach().cpu().contiguous().clone()}
-    _atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-    _atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+    atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory
 
 
 def _import_prompt(model, directory: Path, meta: dict, name, trainable, activate):
     kind, m = meta["peft_type"], int(meta.get("num_virtual_tokens", 0))
-    if meta.get("num_transformer_submodules", 1) not in (1, None) and "encoder" in _require_layout(model).stacks:
+    if meta.get("num_transformer_submodules", 1) not in (1, None) and "encoder" in layout_for(model).stacks:
         raise PeftlabError(f"{directory}: num_transformer_submodules={meta['num_transformer_submodules']} "
                            "(a decoder prompt too) is not supported; peftlab prompts the encoder only")
-    if kind == "PREFIX_TUNING" and set(_require_layout(model).stacks) != {"decoder"}:
+    if kind == "PREFIX_TUNING" and set(layout_for(model).stacks) != {"decoder"}:
         raise PeftlabError(f"{directory}: HF PEFT prefixes import on decoder-only models only")
     tensor = _read_peft_weights(directory).get("prompt_embeddings")
     if tensor is None:
@@ -187,8 +186,3 @@ def _import_prompt(model, directory: Path, meta: dict, name, trainable, activate
         detach(model, name)
         raise
     return model
-
-
-def _require_layout(model):
-    from .layouts import layout_for
-    return layout_for(model)

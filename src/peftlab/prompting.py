@@ -13,29 +13,23 @@ embeddings and every mask, position and label tensor stays aligned:
   `generate()` makes on its own is prompted too) and a pre-hook on the decoder extends the cross-attention
   mask whenever it is shorter than the encoder's output. The decoder input is left alone.
 
-Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are popped from the model's kwargs (and from
-`generate()`'s) so the base model never sees them; the provider receives them.
+Per-batch side inputs (`task_ids` for multi-task ATTEMPT) are taken out of the model's kwargs (and
+`generate()`'s) by the model's call hooks (calls.py), so the base model never sees them; the provider
+receives them.
 
 Rows routed to different adapters (`adapter_names=[...]`, a BatchSplit or ParallelBlock; see
-`compose.row_mask`) get each their own adapter's prompt: the first prompt adapter attached builds the
+`calls.row_mask`) get each their own adapter's prompt: the first prompt adapter attached builds the
 prompted input of every row (each row group through its own providers, in the order the hooks would
 run), the other prompt hooks stand aside. All rows must end up with prompts of one length.
 """
 from __future__ import annotations
 
-import contextvars
-
 import torch
 from torch import nn
 
 from . import decoding
+from .calls import current_task_ids, generation, row_mask
 from .errors import PeftlabError
-
-_TASK_IDS: contextvars.ContextVar = contextvars.ContextVar("peftlab_task_ids", default=None)
-_GENERATING: contextvars.ContextVar = contextvars.ContextVar("peftlab_generating", default=None)
-_GENERATE_WRAPPERS: dict[int, list] = {}   # id(model) -> [our generate, what was there before, users]
-_PROVIDERS = "_peftlab_prompt_providers"   # model.__dict__ key: {adapter name: provider}, in hook order
-
 
 class PromptProvider(nn.Module):
     """Gives the prompt for a batch. `length` = m; `forward(embeds, mask, task_ids) -> (batch|1, m, d)`.
@@ -70,8 +64,7 @@ def check_length(target, length: int) -> None:
 
 
 def is_active(target) -> bool:
-    from .core import _names_in
-    return target.name in _names_in(target.controller.active)
+    return target.controller.is_active(target.name)
 
 
 def install_prompt(target, provider: PromptProvider) -> None:
@@ -79,9 +72,6 @@ def install_prompt(target, provider: PromptProvider) -> None:
     check_length(target, provider.length)
     model, stacks = target.model, target.stacks()
     _register_provider(target, provider)
-    _install_router(target)
-    _install_task_ids(target)
-    _install_generate_task_ids(target)
     target.note("input prompts", "encoder" if "encoder" in stacks and "decoder" in stacks else "model")
     if "encoder" in stacks and "decoder" in stacks:
         encoder, decoder = model.get_encoder(), _decoder_of(model)
@@ -95,26 +85,11 @@ def install_prompt(target, provider: PromptProvider) -> None:
 
 
 def _register_provider(target, provider) -> None:
-    """Remember the model's prompt providers in hook order, for per-row routing (journaled)."""
-    model, name = target.model, target.name
-    registry = model.__dict__.setdefault(_PROVIDERS, {})
+    """The Controller keeps the model's prompt providers in hook order, for per-row routing and so that
+    the model's call hooks take `task_ids` out of the batch for them (journaled)."""
+    registry, name = target.controller.prompt_providers, target.name
     registry[name] = provider
-
-    def unregister():
-        registry.pop(name, None)
-        if not registry and model.__dict__.get(_PROVIDERS) is registry:
-            del model.__dict__[_PROVIDERS]
-
-    target.journal.record(unregister)
-
-
-def _install_router(target) -> None:
-    """The composition router's hooks must run before the prompt hooks (they set the per-row routing
-    the prompt hooks read), so install them now rather than when the adapter is activated."""
-    from . import compose
-    model, controller = target.model, target.controller
-    compose.install(model)
-    target.journal.record(lambda: None if controller.adapters else compose.uninstall(model))
+    target.journal.record(lambda: registry.pop(name, None))
 
 
 def _decoder_of(model) -> nn.Module:
@@ -122,85 +97,6 @@ def _decoder_of(model) -> nn.Module:
     if decoder is None:
         raise PeftlabError(f"{type(model).__name__}: cannot find its decoder")
     return decoder
-
-
-def _install_task_ids(target) -> None:
-    """Pop `task_ids` from the model's kwargs into a context variable for the providers. Each prompt
-    adapter installs its own pair of hooks; the first to run takes the ids, the others leave them."""
-    model, tokens = target.model, []
-
-    def pop(module, args, kwargs):
-        tokens.append(_TASK_IDS.set(kwargs.pop("task_ids")) if "task_ids" in kwargs else None)
-        return args, kwargs
-
-    def reset(module, args, kwargs, output):
-        token = tokens.pop() if tokens else None
-        if token is not None:
-            _TASK_IDS.reset(token)
-
-    target.add_hook(model.register_forward_pre_hook, pop, with_kwargs=True, prepend=True)
-    target.add_hook(model.register_forward_hook, reset, with_kwargs=True, always_call=True)
-
-
-def current_task_ids():
-    return _TASK_IDS.get()
-
-
-class _Generation:
-    """One `generate()` call: the input length each prompt hook saw in the call's first forward (a later
-    hook sees the earlier hooks' prompts in front of the input)."""
-
-    def __init__(self):
-        self.input_lengths: dict[int, int] = {}
-
-
-def generating() -> bool:
-    """True inside `generate()`, where the batch may be the task ids' rows repeated (beams, samples)."""
-    return _GENERATING.get() is not None
-
-
-def _install_generate_task_ids(target) -> None:
-    """Let `model.generate(..., task_ids=ids)` work: transformers rejects kwargs its forward does not
-    name, so an instance-level `generate` takes the ids out and holds them for the whole generation
-    (the encoder call and every step). It is shared by the model's prompt adapters and sits on top of
-    the composition router's `generate` (installed first, by `_install_router`), so the last adapter
-    removes it cleanly."""
-    model = target.model
-    if not callable(getattr(model, "generate", None)):
-        return
-    entry = _GENERATE_WRAPPERS.get(id(model))
-    if entry is None:
-        wrapper = _generate_with_task_ids(model.generate)
-        entry = _GENERATE_WRAPPERS[id(model)] = [wrapper, model.__dict__.get("generate"), 0]
-        model.__dict__["generate"] = wrapper
-    entry[2] += 1
-
-    def release():
-        entry[2] -= 1
-        if entry[2] == 0:
-            _GENERATE_WRAPPERS.pop(id(model), None)
-            if model.__dict__.get("generate") is entry[0]:
-                if entry[1] is None:
-                    del model.__dict__["generate"]
-                else:
-                    model.__dict__["generate"] = entry[1]
-
-    target.journal.record(release)
-
-
-def _generate_with_task_ids(original):
-    def generate(*args, **kwargs):
-        ids = kwargs.pop("task_ids", None)
-        token = _TASK_IDS.set(ids) if ids is not None else None
-        flag = _GENERATING.set(_Generation())
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _GENERATING.reset(flag)
-            if token is not None:
-                _TASK_IDS.reset(token)
-
-    return generate
 
 
 def _first_input(args, kwargs, key="input_ids"):
@@ -229,9 +125,9 @@ def source_mask(kwargs: dict, mask: torch.Tensor | None, shape, hook: object) ->
     labels = kwargs.get("labels")
     if torch.is_tensor(labels) and labels.shape == tuple(shape):
         source = source * (labels == -100).to(source.dtype)
-    generation = _GENERATING.get()
-    if generation is not None:
-        source[:, generation.input_lengths.setdefault(id(hook), shape[1]):] = 0
+    call = generation()
+    if call is not None:
+        source[:, call.input_lengths.setdefault(id(hook), shape[1]):] = 0
     empty = source.sum(dim=1) == 0
     return torch.where(empty[:, None], real, source)
 
@@ -327,24 +223,23 @@ def _extend_side_inputs(kwargs, m: int, causal: bool) -> None:
 # --- per-row routing ------------------------------------------------------------------------------
 
 def _routed(target, n_rows) -> bool:
-    from .compose import row_mask
-    return n_rows is not None and row_mask(target.model, target.name, n_rows) is not None
+    return n_rows is not None and row_mask(target.controller, target.name, n_rows) is not None
 
 
 def routed_groups(target, n_rows):
-    """How this call's rows get their prompts when rows are routed (`compose.row_mask`):
+    """How this call's rows get their prompts when rows are routed (`calls.row_mask`):
     None — not routed, the active set decides; [] — this hook adds nothing (another prompt hook builds
     every row, or no row has a prompt adapter); else [(providers, rows)] per group of rows that share
     their prompt adapters (in hook order), all giving prompts of one total length."""
-    from .compose import row_mask
     if n_rows is None:
         return None
-    model, registry = target.model, target.model.__dict__.get(_PROVIDERS, {})
-    if row_mask(model, target.name, n_rows) is None:
+    controller = target.controller
+    registry = controller.prompt_providers
+    if row_mask(controller, target.name, n_rows) is None:
         return None
     if next(iter(registry), None) != target.name:
         return []
-    masks = {name: row_mask(model, name, n_rows) for name in registry}
+    masks = {name: row_mask(controller, name, n_rows) for name in registry}
     by_names: dict[tuple, list] = {}
     for row in range(n_rows):
         by_names.setdefault(tuple(n for n in registry if masks[n][row]), []).append(row)

@@ -18,7 +18,7 @@ class MethodSpec:
     config_cls: type[MethodConfig]
     build: Callable
     aliases: tuple[str, ...] = ()
-    example: Callable | None = None   # (arch, tmp_dir) -> config or None, for the contract suite
+    example: Callable | None = None   # (tiny model, tmp_dir) -> config or None, for the contract suite
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -29,14 +29,22 @@ def register_method(name: str, config_cls: type[MethodConfig], build: Callable, 
                     example: Callable | None = None) -> None:
     """Register a method under a unique name; its config class gets `method = name`.
 
-    `example(arch, tmp_dir)` returns a config for the contract tests on a tiny model of `arch` (or
-    None where the method does not apply); by default the config's own defaults are used."""
+    `example(model, tmp_dir)` returns a config for the contract tests on a tiny random `model` (or None
+    where the method does not apply); by default the config's own defaults are used."""
     for key in (name, *aliases):
         if key in _ALIASES:
             raise RuntimeError(f"method name '{key}' registered twice")
         _ALIASES[key] = name
     config_cls.method = name
+    config_cls.method_aliases = tuple(aliases)
     _METHODS[name] = MethodSpec(name, config_cls, build, tuple(aliases), example)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method and its aliases (for tests that register a probe method)."""
+    spec = _METHODS.pop(name)
+    for key in (name, *spec.aliases):
+        _ALIASES.pop(key, None)
 
 
 def method_names() -> list[str]:
@@ -63,7 +71,7 @@ def config_from_dict(data: dict, strict: bool = True) -> MethodConfig:
     return get_method(str(data["method"])).config_cls.from_dict(data, strict=strict)
 
 
-def contract_cases(name: str, arch: str, tmp_dir) -> MethodConfig | None:
-    """The config the contract suite uses for method `name` on a tiny `arch` model."""
+def contract_cases(name: str, model, tmp_dir) -> MethodConfig | None:
+    """The config the contract suite uses for method `name` on a tiny `model` (None: does not apply)."""
     spec = get_method(name)
-    return spec.example(arch, tmp_dir) if spec.example else spec.config_cls()
+    return spec.example(model, tmp_dir) if spec.example else spec.config_cls()

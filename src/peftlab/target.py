@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from .errors import PeftlabError
-from .state import HOME, Attachment, Controller
-from .surgery import Part, add_hook, add_part, base_module, ensure_slot, get_module, named_base_modules, \
+from .runtime import Part, add_hook, add_part, base_module, ensure_host, get_module, named_base_modules, \
     named_base_parameters
-from .targeting import LayerSelection, Site, find_stacks, is_projection, module_exists, resolve_patterns, \
-    resolve_slot
+from .state import HOME, Attachment, Controller
+from .targeting import LayerSelection, Site, feature_dims, find_stacks, is_projection, module_exists, \
+    resolve_patterns, resolve_slot
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -54,7 +54,7 @@ class AttachTarget:
         return resolve_patterns(self.model, self.layout, patterns, accept, selection)
 
     def module(self, path: str) -> nn.Module:
-        """The base module at `path` (seen through any Slot)."""
+        """The base module at `path` (seen through any Host)."""
         return base_module(get_module(self.model, path))
 
     def exists(self, path: str) -> bool:
@@ -64,16 +64,29 @@ class AttachTarget:
         return dict(named_base_parameters(self.model))
 
     # --- changing the model --------------------------------------------------------------------
+    def placement(self) -> dict:
+        """Device and dtype for tensors shared across the model's parts (see `placement`)."""
+        return placement(self.model)
+
+    def width(self, path: str) -> int:
+        """The width of what the module at `path` outputs (an embedding's dimension, a projection's
+        out_features, else the model's hidden size)."""
+        module = self.module(path)
+        if isinstance(module, nn.Embedding):
+            return module.embedding_dim
+        dims = feature_dims(module)
+        return dims[1] if dims else self.hidden_size
+
     def place(self, site: Site, part: Part) -> Part:
-        """Put `part` into the Slot at `site` (wrapping the module there if needed)."""
+        """Put `part` into the Host at `site` (wrapping the module there if needed)."""
         base = self.module(site.path)
-        part.to(**_placement(base))
+        part.to(**placement(base))
         part.train(base.training)   # a part attached to a model in eval mode starts in eval mode too
-        slot = ensure_slot(self.model, site.path, site.stack, site.layer, self.journal)
-        slot.training = base.training
-        add_part(slot, self.name, part, self.journal)
+        host = ensure_host(self.model, site.path, site.stack, site.layer, self.controller.activation, self.journal)
+        host.training = base.training
+        add_part(host, self.name, part, self.journal)
         self.attachment.parts.append((site.path, part))
-        self.attachment.slots.add(site.path)
+        self.attachment.hosts.add(site.path)
         return part
 
     def note(self, kind: str, path: str) -> None:
@@ -123,8 +136,9 @@ class AttachTarget:
         self.claim([n for n in self.base_parameters() if n.startswith(prefixes)])
 
 
-def _placement(base: nn.Module) -> dict:
-    """Parts live on the base module's device, in its dtype when that is float32/64, else float32."""
+def placement(base: nn.Module) -> dict:
+    """Where a new tensor for `base` lives: its device, in its dtype when that is float32/64, else
+    float32 (adapters train in full precision beside a half-precision base)."""
     tensor = next(iter(base.parameters()), None)
     if tensor is None:
         return {}

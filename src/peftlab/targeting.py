@@ -10,7 +10,7 @@ from torch import nn
 from .config import closest
 from .errors import PeftlabError
 from .layouts import Layout
-from .surgery import base_module, named_base_modules
+from .runtime import base_module, named_base_modules
 
 
 @dataclass(frozen=True)

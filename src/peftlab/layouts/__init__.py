@@ -11,41 +11,14 @@ sublayer's output just before the residual add), norms (per-layer norms).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
-
 from ..errors import PeftlabError
+from . import bart, bert, gpt2, llama, t5
+from .base import Layout, StackLayout
 
-
-@dataclass(frozen=True)
-class StackLayout:
-    path: str                                   # suffix of the ModuleList holding the layers
-    slots: Mapping[str, tuple[str, ...]]        # slot -> candidate paths relative to one layer
-    final_norm: str | None = None               # suffix of the stack's final norm, if any
-    causal: bool = False                        # self-attention is causal (decoder stacks)
-
-
-@dataclass(frozen=True)
-class Layout:
-    name: str
-    model_types: tuple[str, ...]
-    stacks: Mapping[str, StackLayout]
-    embeddings: tuple[str, ...]                 # suffixes of input token embedding modules
-    lm_head: str | None = "lm_head"
-    heads: tuple[str, ...] = ("classifier", "score", "classification_head", "qa_outputs")
-    aliases: Mapping[str, str] = field(default_factory=dict)   # slot -> slot it resolves to here
-    attention: Mapping[str, object] = field(default_factory=dict)  # how attention is computed
-
-    def slot_names(self) -> list[str]:
-        names = {s for stack in self.stacks.values() for s in stack.slots} | set(self.aliases)
-        return sorted(names)
-
-    def resolve_alias(self, slot: str) -> str:
-        return self.aliases.get(slot, slot)
+__all__ = ["Layout", "StackLayout", "layout_for", "layout_for_model_type", "supported_model_types"]
 
 
 def _all_layouts() -> list[Layout]:
-    from . import bart, bert, gpt2, llama, t5
     return [t5.LAYOUT, bart.LAYOUT, bert.LAYOUT, gpt2.LAYOUT, llama.LAYOUT]
 
 

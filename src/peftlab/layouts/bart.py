@@ -1,5 +1,5 @@
 """BART / mBART: post-norm encoder-decoder with biases; the FFN is fc1 -> act -> fc2 inside the layer."""
-from . import Layout, StackLayout
+from .base import Layout, StackLayout
 
 
 def _slots(cross: bool) -> dict:

@@ -1,5 +1,5 @@
 """BERT / RoBERTa (and look-alikes): post-norm encoder; sublayer outputs pass dropout before the LN."""
-from . import Layout, StackLayout
+from .base import Layout, StackLayout
 
 _SLOTS = {
     "attn": ("attention.self",),

@@ -1,5 +1,5 @@
 """GPT-2: pre-norm decoder with Conv1D projections (weight stored as in x out) and a fused qkv."""
-from . import Layout, StackLayout
+from .base import Layout, StackLayout
 
 _SLOTS = {
     "attn": ("attn",),

@@ -1,5 +1,5 @@
 """Llama and its look-alikes (Mistral, Qwen2, SmolLM2): pre-RMSNorm decoder, gated SiLU MLP, rotary."""
-from . import Layout, StackLayout
+from .base import Layout, StackLayout
 
 _SLOTS = {
     "attn": ("self_attn",),

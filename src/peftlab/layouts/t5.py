@@ -1,5 +1,5 @@
 """T5 / mT5 / UMT5 (incl. gated-FFN v1.1): pre-norm, bias-less, relative attention bias."""
-from . import Layout, StackLayout
+from .base import Layout, StackLayout
 
 _FFN = "DenseReluDense"
 

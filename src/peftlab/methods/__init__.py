@@ -7,3 +7,4 @@ from . import intrinsic, lowrank, phm  # noqa: F401
 from . import attempt, spot  # noqa: F401
 from . import combos  # noqa: F401
 from . import invertible  # noqa: F401
+from . import fusion, weighted_sum  # noqa: F401

@@ -26,10 +26,11 @@ from torch.nn import functional as F
 from .. import observe
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
-from ..prompting import PromptProvider, generating
+from ..calls import generating
+from ..prompting import PromptProvider
 from ..registry import register_method
-from .prompt import attach_prompt, vocab_init
-from .spot import load_sources, save_example_prompts
+from .prompt import attach_prompt, save_random_prompts, vocab_init
+from .spot import load_sources
 
 
 @dataclass
@@ -159,8 +160,8 @@ def build_attempt(target, *, sources, num_sources, length, temperature, target_i
     attach_prompt(target, stacked[0], provider)
 
 
-def _example(arch, tmp_dir):
-    return Attempt(sources=save_example_prompts(arch, tmp_dir), attn_hidden=8)
+def _example(model, tmp_dir):
+    return Attempt(sources=save_random_prompts(model, tmp_dir), attn_hidden=8)
 
 
 register_method("attempt", Attempt, build_attempt, example=_example)

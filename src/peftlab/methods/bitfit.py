@@ -15,7 +15,7 @@ from torch import nn
 from ..config import MethodConfig
 from ..errors import PeftlabError
 from ..registry import register_method
-from ..surgery import Part
+from ..runtime import Part
 from ..targeting import Site, feature_dims
 
 _PROJECTIONS = tuple(f"{a}.{p}" for a in ("attn", "cross_attn") for p in "qkvo") + ("attn.qkv", "ffn.in", "ffn.out")

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from ..config import LayeredConfig, check
 from ..ops.residual_bottleneck import residual_bottleneck
 from ..registry import register_method
-from ..surgery import Handoff, HandoffTap, Part
+from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 
 NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]

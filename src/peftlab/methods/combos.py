@@ -27,13 +27,13 @@ from torch.nn import functional as F
 from .. import attention
 from ..config import MethodConfig, check
 from ..registry import register_method
-from ..surgery import Handoff, HandoffTap, Part
+from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import BottleneckNet, Parallel, Pfeiffer, build_bottleneck
 from .inducer import build_side_lora, check_nested_switches
 from .head_geometry import attention_sites as projection_sites
 from .lora import LoRA
-from .prefix import PrefixExtension, PrefixParameters, PrefixTuning, _position_shift, _relative_bias_source, \
+from .prefix import PrefixExtension, PrefixParameters, PrefixTuning, position_shift, relative_bias_source, \
     build_prefix
 
 @dataclass
@@ -142,13 +142,13 @@ def build_gated_prefix(target, prefix: PrefixTuning) -> None:
     target.home().prefix = params.to(next(target.model.parameters()).device)
     queries = {(s.stack, s.layer): s for s in projection_sites(target, "q", selection)}
     for layer, site in enumerate(sites):
-        bias = _relative_bias_source(target, site) if prefix.shift_positions else None
+        bias = relative_bias_source(target, site) if prefix.shift_positions else None
         query_site = queries[(site.stack, site.layer)]
         gated = GatedPrefix(PrefixExtension(params, layer, bias), feature_dims(target.module(query_site.path))[0])
         attention.install(target, site, gated)
         target.place(query_site, HandoffTap(gated.inputs))
     if prefix.shift_positions and set(target.stacks()) == {"decoder"}:
-        target.add_hook(target.model.register_forward_pre_hook, _position_shift(target, prefix.prefix_length),
+        target.add_hook(target.model.register_forward_pre_hook, position_shift(target, prefix.prefix_length),
                         with_kwargs=True)
 
 
@@ -178,11 +178,12 @@ def build_unipelt(target, *, lora, prefix, adapter, gates):
     build_gated_adapter(target, adapter)
 
 
-def _mam_example(arch, tmp_dir):
+def _mam_example(model, tmp_dir):
     return MAM(prefix=PrefixTuning(prefix_length=3, mlp_hidden=8), adapter=Parallel(bottleneck_size=4))
 
 
-def _unipelt_example(arch, tmp_dir):
+def _unipelt_example(model, tmp_dir):
+    arch = model.config.model_type
     return UniPELT(lora=LoRA(r=2, alpha=4.0, slots=("attn.q", "attn.v")),
                    prefix=PrefixTuning(prefix_length=3, mlp_hidden=8, flat=arch in ("gpt2", "bert")),
                    adapter=Pfeiffer(bottleneck_size=4), gates=arch != "bart")

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import LayeredConfig, check
 from ..registry import register_method
-from ..surgery import Part
+from ..runtime import Part
 from ..targeting import LayerSelection, feature_dims
 from .lora import lora_sites
 

@@ -30,7 +30,7 @@ from torch import nn
 from ..attention import AttentionExtension, attention_sites as attention_modules, install
 from ..config import LayeredConfig, check
 from ..registry import register_method
-from ..surgery import Handoff, Part
+from ..runtime import Handoff, Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck import Parallel, build_bottleneck
 from .head_geometry import attention_sites as projection_sites, projection_segments, truncated_normal_
@@ -243,7 +243,8 @@ def build_inducer(target, *, rank_k, rank_v, prefix_value_extension, joint_softm
 
 
 def _example(cls):
-    def example(arch, tmp_dir):
+    def example(model, tmp_dir):
+        arch = model.config.model_type
         small = {"lora": LoRA(r=2, alpha=4.0, slots=("attn.q",))} if cls is not Inducer else {}
         if cls is InducerMAM:
             small["parallel_adapter"] = Parallel(bottleneck_size=3, adapter_layernorm_before=True, scaling=1.0)

@@ -25,7 +25,7 @@ from ..config import MethodConfig, check
 from ..errors import PeftlabError
 from ..ops.fastfood import Workspace, draw_pieces, fastfood_rows, next_power_of_two, row_offsets
 from ..registry import register_method
-from ..surgery import named_base_modules
+from ..runtime import named_base_modules
 
 DENSE_LIMIT = 1 << 27   # entries of a dense projection matrix (512 MiB in float32): beyond, use fastfood
 
@@ -148,16 +148,14 @@ class IntrinsicProjector(nn.Module):
 class Substitution:
     """Forward hooks that swap θ⁰ + δ into the modules for the duration of one (outer) forward."""
 
-    def __init__(self, model: nn.Module, name: str, projector: IntrinsicProjector,
+    def __init__(self, activation, name: str, projector: IntrinsicProjector,
                  tensors: list[nn.Parameter], places: list[list[tuple[nn.Module, str]]]):
-        self.model, self.name, self.projector = model, name, projector
+        self.activation, self.name, self.projector = activation, name, projector
         self.tensors, self.places = tensors, places
         self.depth = 0
 
     def _active(self) -> bool:
-        from ..core import _names_in   # the active set may be a composition block
-        controller = self.model.__dict__.get("_peftlab")
-        return controller is not None and self.name in _names_in(controller.active)
+        return self.name in self.activation.names   # the active setup may be a composition block
 
     def before(self, module, args):
         self.depth += 1
@@ -224,7 +222,7 @@ def build_intrinsic(target, *, intrinsic_dim, said, projection, seed):
     target.home().intrinsic = projector
     for index in range(len(tensors)):
         target.note("projected tensors", str(index))
-    hooks = Substitution(model, target.name, projector, tensors, places)
+    hooks = Substitution(target.controller.activation, target.name, projector, tensors, places)
     entries = [model]
     encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None
     if isinstance(encoder, nn.Module) and encoder is not model:
@@ -235,7 +233,7 @@ def build_intrinsic(target, *, intrinsic_dim, said, projection, seed):
 
 
 def _tiny_example(cls):
-    def example(arch, tmp_dir):
+    def example(model, tmp_dir):
         return cls(intrinsic_dim=200)
     return example
 

@@ -24,7 +24,7 @@ from transformers.activations import ACT2FN
 
 from ..config import MethodConfig, check
 from ..registry import register_method
-from ..surgery import Part
+from ..runtime import Part
 from ..targeting import Site
 from .bottleneck import Bottleneck, Houlsby, NonLinearity, Parallel, Pfeiffer, build_bottleneck
 
@@ -151,7 +151,7 @@ def build_invertible(target, *, reduction_factor, non_linearity, init, inverse_a
         build_bottleneck(target, **adapter.build_kwargs())
 
 
-def _example(arch, tmp_dir):
+def _example(model, tmp_dir):
     return InvertibleAdapter(adapter=Bottleneck(init="zero_up", reduction_factor=2))
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..config import LayeredConfig, check
 from ..errors import PeftlabError
 from ..registry import register_method
-from ..surgery import Handoff, HandoffTap, Part
+from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 from .head_geometry import Segment, attention_sites, head_counts, projection_segments, split_heads, truncated_normal_
 
@@ -316,7 +316,8 @@ def _place_separate(target, selection, mixes):
 
 
 register_method("kernel_adapter", KernelAdapter, build_kernel_adapter, aliases=("kernel", "kernel-adapter"),
-                example=lambda arch, tmp: KernelAdapter(per_head=True, query_bias=arch in ("gpt2", "t5")))
+                example=lambda model, tmp: KernelAdapter(per_head=True,
+                                                          query_bias=model.config.model_type in ("gpt2", "t5")))
 register_method("kernel_mix", KernelMix, build_kernel_mix, aliases=("kernel-mix",),
-                example=lambda arch, tmp: KernelMix(r_q=2, r_v=2, r_o=2, shared_r_q=2, shared_r_v=1, shared_r_o=1,
+                example=lambda model, tmp: KernelMix(r_q=2, r_v=2, r_o=2, shared_r_q=2, shared_r_v=1, shared_r_o=1,
                                                     alpha=4.0))

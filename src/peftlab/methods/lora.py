@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import LayeredConfig, check
 from ..registry import register_method
-from ..surgery import Part
+from ..runtime import Part
 from ..targeting import LayerSelection, feature_dims
 
 
@@ -61,8 +61,13 @@ class LoRAPart(Part):
         out = torch.addmm(h.reshape(-1, h.shape[-1]), a.reshape(-1, a.shape[-1]), weight.t(), alpha=self.scaling)
         return out.view(h.shape)
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, s·B): ΔW = (s·B) A, the update as two factors with the scale folded into B."""
+        return self.lora_A.weight, self.lora_B.weight * self.scaling
+
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        a, b = self.factors()
+        return b @ a
 
 
 def lora_sites(target, slots, target_modules, selection):

@@ -65,4 +65,4 @@ def build_low_rank_adapter(target, *, low_rank_rank, **kwargs):
 
 register_method("low_rank_adapter", LowRankAdapter, build_low_rank_adapter,
                 aliases=("lowrank", "adapter-lowrank", "low-rank-adapter"),
-                example=lambda arch, tmp_dir: LowRankAdapter(reduction_factor=4))
+                example=lambda model, tmp_dir: LowRankAdapter(reduction_factor=4))

@@ -198,10 +198,7 @@ class PHMFactory:
         self.rule_args = (factorized_phm_rule, learn_phm, phm_c_init)
         self.rule_range = phm_init_range or (SHARED_RULE_RANGE if shared_phm_rule else LAYER_RULE_RANGE)
         self.block_args = (factorized_phm_W, phm_rank, hypercomplex_nonlinearity, phm_init_range or LAYER_RULE_RANGE)
-        first = next(target.model.parameters())
-        # the shared tensors live where the parts do: the base's device, float32 unless the base is float64
-        self.placement = {"device": first.device,
-                          "dtype": first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32}
+        self.placement = target.placement()   # the shared tensors live where the parts do
         self.home = target.home() if shared_phm_rule or shared_W_phm else None
         self.bank = PHMBank()
         target.add_hook(target.model.register_forward_pre_hook, self.bank.clear)
@@ -238,7 +235,7 @@ def build_phm_adapter(target, **kwargs):
 
 def _tiny_example(cls):
     """Tiny contract models have hidden size 16 (k = 4 at reduction factor 4): n = 2 or 4 divides both."""
-    def example(arch, tmp_dir):
+    def example(model, tmp_dir):
         return cls(reduction_factor=4, phm_dim=2 if cls is PHMAdapter else 4)
     return example
 

@@ -3,8 +3,8 @@
 The prefix is one tensor of shape (m, n_layers * 2 * kv_width) laid out as HF PEFT lays it out (token,
 then layer, then key/value, then head, then head dim), so PEFT export/import is a rename. `flat` trains it
 directly; otherwise it is reparameterized as Embedding(m, d) -> Linear(d, mlp_hidden) -> tanh ->
-Linear(mlp_hidden, n_layers * 2 * kv_width), and `eject_prefix` replaces the MLP by the flat tensor it
-computes (identical outputs, a smaller file).
+Linear(mlp_hidden, n_layers * 2 * kv_width), and `peftlab.eject.eject_prefix` replaces the MLP by the flat
+tensor it computes (identical outputs, a smaller file).
 
 Prefixes go in through `peftlab.attention` (prepended after the KV cache update, so `generate()` works).
 With `shift_positions` (default) the real tokens sit after the prefix, positions m, m+1, ..., as when
@@ -22,10 +22,8 @@ from torch.nn import functional as F
 
 from .. import attention, decoding
 from ..config import LayeredConfig, check
-from ..errors import PeftlabError
 from ..prompting import is_active
 from ..registry import register_method
-from ..surgery import named_base_parameters
 from ..targeting import LayerSelection
 
 
@@ -108,7 +106,7 @@ def _prefix_relative_bias(source: nn.Module, call, m: int) -> torch.Tensor:
     return source.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
 
-def _relative_bias_source(target, site) -> nn.Module | None:
+def relative_bias_source(target, site) -> nn.Module | None:
     """The module holding T5's relative attention bias for the stack of `site` (its first layer's)."""
     first = target.sites("attn", LayerSelection(layers=(0,)), (site.stack,))[0]
     module = target.module(first.path)
@@ -127,14 +125,14 @@ def build_prefix(target, *, prefix_length, flat, mlp_hidden, stacks, shift_posit
     home.prefix = params.to(next(target.model.parameters()).device)
     causal_only = set(target.stacks()) == {"decoder"}
     for layer, site in enumerate(sites):
-        bias = _relative_bias_source(target, site) if shift_positions else None
+        bias = relative_bias_source(target, site) if shift_positions else None
         attention.install(target, site, PrefixExtension(params, layer, bias))
     if shift_positions and causal_only:
-        target.add_hook(target.model.register_forward_pre_hook, _position_shift(target, prefix_length),
+        target.add_hook(target.model.register_forward_pre_hook, position_shift(target, prefix_length),
                         with_kwargs=True)
 
 
-def _position_shift(target, m: int):
+def position_shift(target, m: int):
     """Put the real tokens at positions m, m+1, ... (default positions continue from the cache)."""
     def hook(module, args, kwargs):
         if not is_active(target):
@@ -153,34 +151,7 @@ def _position_shift(target, m: int):
     return hook
 
 
-def eject_prefix(model: nn.Module, name: str | None = None) -> nn.Module:
-    """Replace a reparameterized prefix by the flat prefix it computes: same outputs, no MLP to save."""
-    from ..core import _pick, _require, adapters, attach, detach, set_active
-    controller = _require(model)
-    name = _pick(controller, name)
-    config = adapters(model)[name]
-    if not isinstance(config, PrefixTuning):
-        raise PeftlabError(f"eject_prefix needs a PrefixTuning adapter; '{name}' is {config.method}")
-    if config.flat:
-        return model
-    prefix = model.peftlab_adapters[name].prefix.full()
-    trainable = any(p.requires_grad for p in model.peftlab_adapters[name].parameters())
-    active = controller.active
-    claimed = set(controller.adapters[name].claimed)   # e.g. a trained classifier head: keep its values
-    kept = {n: p.detach().clone() for n, p in named_base_parameters(model) if n in claimed}
-    flat = PrefixTuning.from_dict({**config.to_dict(), "flat": True})
-    detach(model, name)
-    attach(model, flat, name, trainable=trainable, activate=False)
-    with torch.no_grad():
-        model.peftlab_adapters[name].prefix.embedding.copy_(prefix)
-        for n, p in named_base_parameters(model):
-            if n in kept:
-                p.copy_(kept[n])
-    set_active(model, active)
-    return model
-
-
-def _example(arch, tmp_dir):
+def _example(model, tmp_dir):
     return PrefixTuning(prefix_length=3, mlp_hidden=8)
 
 

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from transformers import AutoTokenizer
 
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
+from ..files import CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors, read_torch_tensors
+from ..models import offline_path
 from ..prompting import PromptProvider, install_prompt
 from ..registry import register_method
 
@@ -75,9 +79,6 @@ def vocab_init(target, length: int, vocab_ids: str, vocab_range: int, seed: int)
 def text_ids(init_text, init_token_ids, tokenizer) -> list[int]:
     if init_token_ids:
         return list(init_token_ids)
-    from transformers import AutoTokenizer
-
-    from ..models import offline_path
     source = offline_path(tokenizer) or tokenizer          # "minilm" and other offline names work too
     try:
         ids = AutoTokenizer.from_pretrained(str(source))(init_text, add_special_tokens=False)["input_ids"]
@@ -114,10 +115,24 @@ def attach_prompt(target, initial: torch.Tensor, provider: PromptProvider | None
     return provider
 
 
-def read_saved_prompt(directory, task: int = 0) -> torch.Tensor:
-    """The (m, d) prompt of a saved prompt-tuning, SPoT or ATTEMPT run (ATTEMPT: the target of `task`)."""
-    from ..io import CONFIG_FILE, WEIGHTS_FILE, read_json, read_safetensors
-    directory = Path(directory)
+def read_saved_prompt(source, task: int = 0) -> torch.Tensor:
+    """The (m, d) prompt in `source`: a directory saved by `pl.save` for prompt tuning, SPoT or ATTEMPT
+    (ATTEMPT: the target of `task`), or a tensor file — ATTEMPT's released source prompts are a (m, d)
+    tensor saved with `torch.save` (`.pt`), read with weights_only; a `.safetensors` file with one tensor."""
+    source = Path(source)
+    if source.is_dir():
+        return _prompt_in_directory(source, task)
+    loaded = read_safetensors(source) if source.suffix == ".safetensors" else read_torch_tensors(source)
+    if isinstance(loaded, dict):
+        tensors = [v for v in loaded.values() if torch.is_tensor(v)]
+        loaded = tensors[0] if len(tensors) == 1 and len(loaded) == 1 else None
+    if not torch.is_tensor(loaded) or loaded.dim() != 2:
+        shape = f"a tensor of shape {list(loaded.shape)}" if torch.is_tensor(loaded) else type(loaded).__name__
+        raise PeftlabError(f"{source}: a prompt file holds one (tokens, width) tensor; this one holds {shape}")
+    return loaded.detach().float()
+
+
+def _prompt_in_directory(directory: Path, task: int) -> torch.Tensor:
     meta = read_json(directory / CONFIG_FILE)
     method = meta.get("config", {}).get("method")
     tensors = read_safetensors(directory / WEIGHTS_FILE)
@@ -131,11 +146,24 @@ def read_saved_prompt(directory, task: int = 0) -> torch.Tensor:
                        "or Attempt adapter with pl.save")
 
 
+def save_random_prompts(model, directory, count: int = 2, length: int = 4) -> tuple[str, ...]:
+    """`count` random prompt files (safetensors) of the model's width: source prompts for examples."""
+    width = model.get_input_embeddings().weight.shape[-1]
+    paths = []
+    for seed in range(count):
+        path = Path(directory) / f"source_prompt_{width}_{length}_{seed}.safetensors"
+        if not path.exists():
+            prompt = torch.rand(length, width, generator=torch.Generator().manual_seed(seed)) - 0.5
+            save_file({"prompt": prompt}, str(path))
+        paths.append(str(path))
+    return tuple(paths)
+
+
 def build_prompt(target, **kwargs):
     attach_prompt(target, initial_prompt(target, **kwargs))
 
 
-def _example(arch, tmp_dir):
+def _example(model, tmp_dir):
     return PromptTuning(length=4)
 
 

@@ -1,7 +1,8 @@
 """SPoT (Vu et al.): prompt tuning whose prompt starts from one saved prompt, or the mean of several.
 
-`sources` are directories written by `pl.save` for PromptTuning, SPoT or Attempt adapters. They are read
-when the adapter is attached (and so again by `pl.load`, before the saved prompt overwrites the start).
+`sources` are directories written by `pl.save` for PromptTuning, SPoT or Attempt adapters, or tensor files
+(ATTEMPT's released `.pt` source prompts, read with weights_only). They are read when the adapter is
+attached (and so again by `pl.load`, before the saved prompt overwrites the start).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from ..config import MethodConfig, check
 from ..registry import register_method
-from .prompt import PromptTuning, attach_prompt, read_saved_prompt
+from .prompt import attach_prompt, read_saved_prompt, save_random_prompts
 
 
 @dataclass
@@ -37,26 +38,8 @@ def build_spot(target, *, sources):
     attach_prompt(target, load_sources(target, sources).mean(dim=0))
 
 
-def save_example_prompts(arch: str, tmp_dir, count: int = 2, length: int = 4) -> tuple[str, ...]:
-    """Save `count` distinct prompt-tuning runs on a tiny `arch` model (for the contract suite's examples;
-    `tiny` is the test suite's module of tiny models, on the path under pytest)."""
-    from pathlib import Path
-
-    import peftlab as pl
-    from tiny import tiny_model
-    paths = []
-    for seed in range(count):
-        path = Path(tmp_dir) / f"source_prompt_{arch}_{seed}"
-        if not path.exists():
-            model = tiny_model(arch)
-            pl.attach(model, PromptTuning(length=length, seed=seed), "source")
-            pl.save(model, path)
-        paths.append(str(path))
-    return tuple(paths)
-
-
-def _example(arch, tmp_dir):
-    return SPoT(sources=save_example_prompts(arch, tmp_dir))
+def _example(model, tmp_dir):
+    return SPoT(sources=save_random_prompts(model, tmp_dir))
 
 
 register_method("spot", SPoT, build_spot, example=_example)

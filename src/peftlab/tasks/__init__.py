@@ -17,6 +17,7 @@ from ..errors import PeftlabError
 from .base import Example, Task, collapse_references, load_rows, paper_splits
 from .e2e import E2E_TASK
 from .glue import GLUE_TASKS
+from .hub import read_hub_split
 from .metrics import average, compute_metrics
 from .superglue import SUPERGLUE_TASKS
 
@@ -55,7 +56,6 @@ def find_task_dir(task: Task, data_dir) -> Path:
 def read_split(task: Task, data_dir, split: str) -> list[Example]:
     """The official `split` ("train" or "validation") from local files, or from the hub."""
     if data_dir is None:
-        from .hub import read_hub_split
         return read_hub_split(task, split)
     return load_rows(task, find_task_dir(task, data_dir) / task.files[split])
 

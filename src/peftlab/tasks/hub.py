@@ -22,7 +22,7 @@ _HUB_SPLIT = {"train": "train", "validation": "validation"}
 
 def read_hub_split(task: Task, split: str) -> list[Example]:
     try:
-        import datasets
+        import datasets   # optional: the [hub] extra, needed only to read tasks online
     except ImportError:
         raise PeftlabError(f"task {task.name}: no data.dir given and the 'datasets' package is not "
                            f"installed (pip install datasets, or set data.dir to the task files)") from None

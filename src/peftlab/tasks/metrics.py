@@ -29,7 +29,7 @@ def _labels(examples):
 
 
 def accuracy(predictions, examples):
-    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import accuracy_score   # optional extra ([tasks]): imported only when the metric is used
     if examples and isinstance(examples[0].label, str):
         return exact_match(predictions, examples)
     return accuracy_score(_labels(examples), predictions)
@@ -37,7 +37,7 @@ def accuracy(predictions, examples):
 
 def f1(predictions, examples):
     """Binary F1 of the positive class (MRPC, QQP, MultiRC's F1 over all answers)."""
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score   # optional extra ([tasks]): imported only when the metric is used
     if isinstance(examples[0].label, str):
         return token_f1(predictions, examples)
     labels = _labels(examples)
@@ -47,13 +47,13 @@ def f1(predictions, examples):
 
 
 def macro_f1(predictions, examples):
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score   # optional extra ([tasks]): imported only when the metric is used
     labels = sorted({e.label for e in examples} | {p for p in predictions if p != -1})
     return f1_score(_labels(examples), predictions, labels=labels, average="macro", zero_division=0.0)
 
 
 def mcc(predictions, examples):
-    from sklearn.metrics import matthews_corrcoef
+    from sklearn.metrics import matthews_corrcoef   # optional extra ([tasks]): imported only when the metric is used
     return matthews_corrcoef(_labels(examples), predictions)
 
 
@@ -63,13 +63,13 @@ def _scores(predictions, examples):
 
 
 def pearson(predictions, examples):
-    from scipy.stats import pearsonr
+    from scipy.stats import pearsonr   # optional extra ([tasks]): imported only when the metric is used
     x, y = _scores(predictions, examples)
     return _finite(pearsonr(x, y)[0]) if len(set(x)) > 1 else 0.0
 
 
 def spearman(predictions, examples):
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr   # optional extra ([tasks]): imported only when the metric is used
     x, y = _scores(predictions, examples)
     return _finite(spearmanr(x, y)[0]) if len(set(x)) > 1 else 0.0
 
@@ -111,7 +111,7 @@ def _norm(text) -> str:
 
 
 def bleu(predictions, examples):
-    import sacrebleu
+    import sacrebleu   # optional extra ([tasks]): imported only when the metric is used
     refs = [list(e.references or (e.label,)) for e in examples]
     width = max(len(r) for r in refs)
     streams = [[r[i] if i < len(r) else r[0] for r in refs] for i in range(width)]
@@ -119,7 +119,7 @@ def bleu(predictions, examples):
 
 
 def rouge_l(predictions, examples):
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer   # optional extra ([tasks]): imported only when the metric is used
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [max(scorer.score(r, str(p))["rougeL"].fmeasure for r in (e.references or (e.label,)))
               for p, e in zip(predictions, examples)]

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -160,5 +161,4 @@ def fault_point(phase: str, step: int) -> None:
     wanted = os.environ.get(FAULT_ENV)
     legacy = os.environ.get("PEFTLAB_KILL_AT_STEP")
     if (wanted and wanted == f"{phase}:{step}") or (legacy and phase == "after" and int(legacy) == step):
-        import signal
         os.kill(os.getpid(), signal.SIGKILL)

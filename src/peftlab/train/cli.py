@@ -6,17 +6,23 @@ import sys
 from pathlib import Path
 
 from ..errors import PeftlabError
+from ..tasks import get_task, load_splits
+from ..tasks.base import Example, load_rows
+from ..tasks.readers import read_csv, read_jsonl, read_tsv
+from .checkpoint import load_weights
+from .evaluate import evaluate, predict
+from .loop import Trainer
+from .modeling import build_model, uses_task_ids
+from .plots import plot_run
+from .report import averages, table
+from .schema import RunConfig, load_run_config
 
 
 def cli_train(args) -> dict | None:
-    from .loop import Trainer
-    from .report import table
-    from .schema import load_run_config
     config = load_run_config(args.config, getattr(args, "overrides", ()))
     trainer = Trainer(config, resume=getattr(args, "resume", False))
     results = trainer.run()
     if results is not None:
-        from .plots import plot_run
         plot_run(config.output_dir)
         print(table(results))
         print(f"results: {Path(config.output_dir) / 'results.json'}, report: {Path(config.output_dir) / 'report.md'}")
@@ -25,10 +31,6 @@ def cli_train(args) -> dict | None:
 
 def load_run(run_dir):
     """(config, model, tokenizer, kind, tasks) rebuilt from a run directory's best (else last) weights."""
-    from ..tasks import get_task
-    from .checkpoint import load_weights
-    from .modeling import build_model
-    from .schema import RunConfig
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise PeftlabError(f"{run_dir}: not a run directory (no config.json)")
@@ -41,7 +43,6 @@ def load_run(run_dir):
 
 
 def _pick_task(tasks, name):
-    from ..tasks import get_task
     if name is None:
         if len(tasks) > 1:
             raise PeftlabError(f"this run trained {[t.name for t in tasks]}: name one with --task")
@@ -54,11 +55,6 @@ def _pick_task(tasks, name):
 
 
 def cli_eval(args) -> dict:
-    from ..tasks import load_splits
-    from ..tasks.base import load_rows
-    from .evaluate import evaluate
-    from .modeling import uses_task_ids
-    from .report import averages, table
     config, model, tokenizer, kind, tasks = load_run(args.run_dir)
     per_task: dict = {}
     if args.data:
@@ -80,8 +76,6 @@ def cli_eval(args) -> dict:
 
 
 def cli_predict(args) -> list:
-    from .evaluate import predict
-    from .modeling import uses_task_ids
     config, model, tokenizer, kind, tasks = load_run(args.run_dir)
     index, task = _pick_task(tasks, getattr(args, "task", None))
     examples = read_inputs(task, Path(args.input))
@@ -102,8 +96,6 @@ def cli_predict(args) -> list:
 def read_inputs(task, path: Path):
     """Rows to predict: the task's official file format, or any JSONL / TSV / CSV file whose columns
     are the task's keys (e.g. `sentence` for SST-2); labels are not needed."""
-    from ..tasks.base import Example, load_rows
-    from ..tasks.readers import read_csv, read_jsonl, read_tsv
     try:
         return load_rows(task, path)
     except PeftlabError as err:
@@ -115,7 +107,6 @@ def read_inputs(task, path: Path):
 
 
 def cli_plot(args) -> list:
-    from .plots import plot_run
     written = plot_run(args.run_dir)
     for path in written:
         print(path)

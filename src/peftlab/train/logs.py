@@ -19,7 +19,7 @@ class RunLog:
         self.writer = None
         if enabled and tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter   # optional extra ([tasks])
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:     # tensorboard is an optional extra: JSON lines are enough
                 self.writer = None

@@ -19,6 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 
 import peftlab as pl
 
+from ..core import base_parameter_count
 from ..errors import PeftlabError
 from ..tasks import average, get_task, load_splits
 from . import checkpoint as ckpt
@@ -30,6 +31,7 @@ from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids
 from .optim import build_optimizer, loss_sum
 from .progress import Progress
+from .report import averages, write_report
 from .rundir import RunFolder
 from .schema import RunConfig
 
@@ -332,7 +334,6 @@ class Trainer:
         return results
 
     def _results(self, summary: dict) -> dict:
-        from .report import averages, write_report
         per_task: dict = {t.name: {} for t in self.tasks}
         # eval_strategy: no asks for no validation: no checkpoint is chosen on it, so test is the result
         splits = ("test",) if self.config.train.eval_strategy == "no" else ("validation", "test")
@@ -342,7 +343,6 @@ class Trainer:
             for task, metrics in (known or self.evaluate_split(split)).items():
                 per_task[task][split] = metrics
         trainable, total = pl.trainable_parameters(self.model)
-        from ..core import base_parameter_count
         results = {"tasks": per_task, "average": averages(per_task), "model": self.config.model.name,
                    "method": self.config.method.get("method"), "trainable": trainable, "total": total,
                    "base": base_parameter_count(self.model), "best_step": self.state["best_step"],

@@ -3,13 +3,17 @@ per task). Used by `train`, `eval` and `predict` alike so that all three rebuild
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import transformers as tf
 
 import peftlab as pl
 
+from ..core import adapter_state
 from ..errors import PeftlabError
+from ..files import WEIGHTS_FILE, read_safetensors
+from ..io import copy_into
 from ..models import gguf_parsed_once, load_pretrained, model_source
 from ..tasks import Task
 from .schema import RunConfig
@@ -77,8 +81,6 @@ def attach_method(model, config: RunConfig, tasks: list[Task]) -> list[str]:
     for name in names:
         pl.attach(model, method, name=_adapter_name(name))
     if config.init_from:
-        from ..io import adapter_state, copy_into, read_safetensors, WEIGHTS_FILE
-        from pathlib import Path
         tensors = read_safetensors(Path(config.init_from) / WEIGHTS_FILE)
         for name in names:
             copy_into(adapter_state(model, _adapter_name(name)), tensors, Path(config.init_from))

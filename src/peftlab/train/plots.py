@@ -14,9 +14,9 @@ def plot_run(run_dir) -> list[Path]:
     records = read_jsonl(run_dir / LOG)
     if not records:
         raise PeftlabError(f"{run_dir / LOG}: no training log here (is {run_dir} a run directory?)")
-    import matplotlib
+    import matplotlib   # optional extra ([tasks]), and costly at import time: only when plotting
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # optional extra, as above
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     written = [_loss(plt, records, out_dir)]

@@ -11,7 +11,7 @@ class Progress:
         self.every = max(1, round(self.total * percent / 100))
         self.bar = None
         if _is_terminal(self.stream):
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm   # optional: only on a terminal (tqdm.auto probes for notebooks)
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=self.stream)
 
     def update(self, step: int, loss: float, rate: float) -> None:

@@ -13,6 +13,7 @@ overwritten run is replaced only by one that started.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -72,7 +73,6 @@ class RunFolder:
         marker = self.path / MARKER
         if not marker.is_file() or self._handle is not None:
             return None
-        import fcntl
         with open(marker, "rb") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -84,7 +84,6 @@ class RunFolder:
     # --- taking -----------------------------------------------------------------------------------
     def take(self, resume: bool, overwrite: bool) -> None:
         """Create the folder and its marker, lock it, and (not resuming) clear the previous run."""
-        import fcntl
         self.check(resume, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / MARKER, "a+")
@@ -114,7 +113,6 @@ class RunFolder:
 
     def release(self) -> None:
         if self._handle is not None:
-            import fcntl
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None

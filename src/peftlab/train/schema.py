@@ -18,6 +18,10 @@ import yaml
 
 from ..config import CheckedConstruction, closest, coerce
 from ..errors import PeftlabError
+from ..registry import config_from_dict
+from ..tasks import get_task
+from ..tasks.readers import read_text
+from .seeds import translate_if_seed
 
 
 @dataclass
@@ -155,7 +159,6 @@ class TrainSection(Section):
 
 
 def _check_regex(pattern: str) -> None:
-    import re
     try:
         re.compile(pattern)
     except re.error as err:
@@ -176,8 +179,6 @@ class RunConfig(Section):
     description: str = ""
 
     def check(self):
-        from ..registry import config_from_dict
-        from ..tasks import get_task
         require(len(self.tasks) > 0, "tasks: name at least one task, e.g. tasks: [sst2]")
         self.tasks = tuple(get_task(t).name for t in self.tasks)
         require(len(set(self.tasks)) == len(self.tasks), f"tasks: {list(self.tasks)} names a task twice")
@@ -192,7 +193,6 @@ class RunConfig(Section):
                                                     "(each batch must come from one task)")
 
     def method_config(self):
-        from ..registry import config_from_dict
         return config_from_dict(self.method)
 
 
@@ -220,7 +220,6 @@ def yaml_load(text: str):
 
 def read_config_file(path) -> dict:
     """A JSON or YAML mapping from `path`; a bad file raises one line naming it."""
-    from ..tasks.readers import read_text
     path = Path(path)
     text = read_text(path)
     try:
@@ -253,6 +252,5 @@ def apply_overrides(data: dict, overrides) -> dict:
 
 
 def load_run_config(path, overrides=()) -> RunConfig:
-    from .seeds import translate_if_seed
     data = translate_if_seed(read_config_file(path))
     return RunConfig.from_dict(apply_overrides(data, overrides))

@@ -2,13 +2,15 @@
 
 A block is a small immutable description; it holds adapter names (or nested blocks), never tensors.
 Blocks whose mixing has parameters (Fuse, WeightedSum) name the adapter that holds them (`name`,
-default derived from the members); that adapter is attached on first activation.
+default derived from the members); that adapter is created by an explicit `pl.attach(model, block)`
+(as AdapterHub's `add_adapter_fusion`), and `Average` likewise creates its adapter when attached.
 """
 from __future__ import annotations
 
 from typing import Iterator
 
-from ..errors import PeftlabError
+from .errors import PeftlabError
+from .registry import config_from_dict
 
 BASE = "__base__"   # in `adapter_names=[...]`: this row runs the bare base model
 
@@ -84,7 +86,7 @@ class ParallelBlock(Block):
     kind = "parallel"
 
 
-class _Mixing(Block):
+class Mixing(Block):
     """A block whose members' outputs are mixed at each layer by parameters of a mixing adapter."""
 
     prefix = "mix"
@@ -100,11 +102,12 @@ class _Mixing(Block):
     def adapter_names(self):
         return (*self.members, self.name)
 
-    def mixer_config(self):
+    def mixer_config(self) -> dict:
+        """The config (as a mapping, `{"method": ..., ...}`) of the adapter holding the mixing weights."""
         raise NotImplementedError
 
 
-class Fuse(_Mixing):
+class Fuse(Mixing):
     """AdapterFusion (Pfeiffer et al.): per layer, attention from the layer's hidden state (query) over
     the members' outputs (keys and values). Only the fusion parameters train; the members are frozen."""
 
@@ -118,12 +121,11 @@ class Fuse(_Mixing):
     def options(self):
         return {"name": self.name, "temperature": self.temperature}
 
-    def mixer_config(self):
-        from .mixers import FusionConfig
-        return FusionConfig(adapters=self.members, temperature=self.temperature)
+    def mixer_config(self) -> dict:
+        return {"method": "fusion", "adapters": list(self.members), "temperature": self.temperature}
 
 
-class WeightedSum(_Mixing):
+class WeightedSum(Mixing):
     """The multi-adapter of jiant / nlprunners: per layer, a weighted mix of the members' outputs and
     (with `include_base`) the base model's own output. See docs/composition.md for every option."""
 
@@ -137,19 +139,19 @@ class WeightedSum(_Mixing):
         super().__init__(*members, name=name)
         self._options = dict(mode=mode, num_weight_sets=num_weight_sets, include_base=include_base, flex=flex,
                              flex_reduction_factor=flex_reduction_factor, train_mode=train_mode)
-        self.mixer_config()   # validates the options now, not at activation
+        config_from_dict(self.mixer_config())   # validates the options now, not at attach or activation
 
     def options(self):
         return {"name": self.name, **self._options}
 
-    def mixer_config(self):
-        from .mixers import WeightedSumConfig
-        return WeightedSumConfig(adapters=self.members, **self._options)
+    def mixer_config(self) -> dict:
+        return {"method": "weighted_sum", "adapters": list(self.members), **self._options}
 
 
 class Average(Block):
     """A new adapter `name` whose weights are the weighted average of the members' (same method, same
-    shapes); LoRA members are averaged exactly in ΔW (see `compose.average`). Activating it creates it."""
+    shapes); LoRA members are averaged exactly in ΔW (see `peftlab.average`). `pl.attach(model, block)`
+    creates it; then it is an ordinary adapter, activated by its name."""
 
     kind = "average"
 

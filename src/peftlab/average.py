@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import PeftlabError
-from ..registry import config_from_dict
+from .core import adapter_state, attach, detach, require
+from .errors import PeftlabError
+from .registry import config_from_dict
 
 
 def _configs_differ(a: dict, b: dict, ignore=()) -> str | None:
@@ -22,8 +23,7 @@ def _configs_differ(a: dict, b: dict, ignore=()) -> str | None:
 
 
 def _check_same(model, members, ignore=()) -> list:
-    from ..core import _require
-    controller = _require(model)
+    controller = require(model)
     missing = [m for m in members if m not in controller.adapters]
     if missing:
         raise PeftlabError(f"cannot average: no adapter named '{missing[0]}'")
@@ -43,7 +43,6 @@ def _check_same(model, members, ignore=()) -> list:
 
 
 def _new_adapter(model, config, name, fill) -> None:
-    from ..core import attach, detach
     attach(model, config, name, activate=False)
     try:
         with torch.no_grad():
@@ -55,7 +54,6 @@ def _new_adapter(model, config, name, fill) -> None:
 
 def average(model, members, weights, name: str) -> str:
     """Attach adapter `name` = sum_i weights[i] * members[i] (in weight space); returns `name`."""
-    from ..io import adapter_state
     if len(weights) != len(members):
         raise PeftlabError(f"Average weights {list(weights)} must have {len(members)} entries")
     if _check_same(model, members[:1])[0].config.method == "lora":
@@ -83,12 +81,11 @@ def _average_lora(model, members, weights, name) -> str:
     parts = [[p for _, p in a.parts] for a in attachments]
 
     def fill():
-        from ..core import _require
-        new_parts = [p for _, p in _require(model).adapters[name].parts]
+        new_parts = [p for _, p in require(model).adapters[name].parts]
         for j, new in enumerate(new_parts):
-            sources = [member_parts[j] for member_parts in parts]
-            new.lora_A.weight.copy_(torch.cat([s.lora_A.weight for s in sources], 0))
-            new.lora_B.weight.copy_(torch.cat([w * s.scaling * s.lora_B.weight for w, s in zip(weights, sources)], 1))
+            factors = [member_parts[j].factors() for member_parts in parts]   # (A, s·B) of each member
+            new.lora_A.weight.copy_(torch.cat([a for a, _ in factors], 0))
+            new.lora_B.weight.copy_(torch.cat([w * b for w, (_, b) in zip(weights, factors)], 1))
 
     _new_adapter(model, config_from_dict(data), name, fill)
     return name
