@@ -86,6 +86,8 @@ def _average_lora(model, members, weights, name) -> str:
             factors = [member_parts[j].factors() for member_parts in parts]   # (A, s·B) of each member
             new.lora_A.weight.copy_(torch.cat([a for a, _ in factors], 0))
             new.lora_B.weight.copy_(torch.cat([w * b for w, (_, b) in zip(weights, factors)], 1))
+            if new.lora_bias is not None:   # the new scale is 1: Σ w_i s_i b_i
+                new.lora_bias.copy_(sum(w * member_parts[j].delta_bias() for w, member_parts in zip(weights, parts)))
 
     _new_adapter(model, config_from_dict(data), name, fill)
     return name

@@ -124,6 +124,10 @@ def _example_field(cls) -> str:
     return "unfreeze_layer_norms"
 
 
+# The seed code bases (DESIGN §7): `compat` reproduces one of them where it departs from its paper.
+CODE_BASES = ("compacter", "attempt", "kernel-adapters", "nlprunners", "adapterhub")
+
+
 @dataclasses.dataclass
 class MethodConfig(metaclass=CheckedConstruction):
     """Base of every method config: typed fields, validated at construction, JSON round-trip.
@@ -133,16 +137,32 @@ class MethodConfig(metaclass=CheckedConstruction):
 
     method: ClassVar[str] = ""                    # the registry name, set by `register_method`
     method_aliases: ClassVar[tuple[str, ...]] = ()
+    # the seed code bases whose own behaviour (quirks included) `compat` reproduces for this method
+    compat_choices: ClassVar[tuple[str, ...]] = ()
     unfreeze_layer_norms: bool = False
     unfreeze_lm_head: bool = False
     train_head: bool = True  # a task head (classifier, score) is new, so it trains with any method
+    compat: str | None = None   # None: the method as its paper and reference code define it (docs/fidelity.md)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             where = f"{type(self).__name__}.{field.name}"
             setattr(self, field.name, coerce(getattr(self, field.name), hints[field.name], where))
+        self._check_compat()
         self.validate()
+
+    def _check_compat(self) -> None:
+        name = type(self).__name__
+        if self.compat is None:
+            return
+        if self.compat not in CODE_BASES:
+            raise PeftlabError(f"{name}.compat: {self.compat!r} is not one of {list(CODE_BASES)}"
+                               f"{closest(self.compat, CODE_BASES)}")
+        if self.compat not in self.compat_choices:
+            choices = ", ".join(repr(c) for c in self.compat_choices) or "none"
+            raise PeftlabError(f"{name}.compat={self.compat!r}: {name} has no behaviour of that code base to "
+                               f"reproduce (compat choices: {choices}; see docs/fidelity.md)")
 
     def validate(self) -> None:
         """Cross-field checks; raise PeftlabError naming the field."""
@@ -170,9 +190,13 @@ class MethodConfig(metaclass=CheckedConstruction):
         return {}
 
     def build_kwargs(self) -> dict:
-        """The plain arguments a builder receives (the generic switches are handled by attach)."""
+        """The plain arguments a builder receives (the generic switches are handled by attach); a
+        method that reproduces a code base's behaviour also gets `compat`."""
         generic = {f.name for f in dataclasses.fields(MethodConfig)}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in generic}
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in generic}
+        if self.compat_choices:
+            kwargs["compat"] = self.compat
+        return kwargs
 
     def to_dict(self) -> dict:
         out = {"method": self.method}

@@ -32,6 +32,11 @@ def _new_tensors(host: Host, part, sign: int) -> dict[str, torch.Tensor]:
     if hasattr(part, "delta_weight"):
         delta = part.delta_weight().detach().to(weight.dtype)
         out["weight"] = weight + sign * (delta.T if conv else delta)
+        bias = part.delta_bias() if hasattr(part, "delta_bias") else None
+        if bias is not None:
+            if getattr(base, "bias", None) is None:
+                raise PeftlabError(f"cannot merge at {host.path}: the update has a bias and the layer has none")
+            out["bias"] = base.bias.detach() + sign * bias.detach().to(base.bias.dtype)
         return out
     scale, axis = part.merge_scale()
     scale = scale.detach().to(weight.dtype)

@@ -43,6 +43,9 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     if attachment.claimed:
         raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
                            "set train_head/unfreeze_* off to export it in HF PEFT's format")
+    if isinstance(config, LoRA) and config.bias:
+        raise PeftlabError(f"adapter '{name}' is a LoRA with a bias (bias=True), which HF PEFT's LoRA files "
+                           f"cannot hold")
     paths = [path for path, _ in attachment.parts]
     fan_in_fan_out = any(is_conv1d(get_module(model, p)) for p in paths)
     meta = {"peft_type": "LORA" if isinstance(config, LoRA) else "IA3", "target_modules": sorted(paths),

@@ -1,7 +1,8 @@
 """ATTEMPT (Asai et al.): an attentional mixture of frozen source prompts and a trainable target prompt.
 
 For an input x: x̂ = max-pool over the real tokens of the input embeddings; h = LayerNorm(W_up SiLU(W_down x̂))
-(W_down d -> `attn_hidden`, W_up back to d, no biases); P̂_j = max-pool over prompt j's tokens;
+(W_down d -> `attn_hidden`, W_up back to d, no biases, both N(0, 0.01²) at the start as in ATTEMPT's code);
+P̂_j = max-pool over prompt j's tokens;
 a = softmax_j(P̂_j · h / T) over the t sources and the target, T = d·e by default; the prompt prepended is
 P = P_target + Σ_j a_j P_j (the target included in the sum). Trainable: the target prompt(s), W_down and
 W_up (230,400 on T5-base), plus the LayerNorm with `train_layer_norm` (+2d).
@@ -13,6 +14,10 @@ per task, G shared; each batch carries `task_ids` (LongTensor, one per row) and 
 task's target. The mixing weights of every forward are recorded with `peftlab.observe` (series
 "attempt/<adapter>/<task>"); `mixing_weights` computes them for a batch without running the model.
 `model.generate(..., task_ids=ids)` works too (ids of the un-repeated rows; beams are handled).
+
+`compat="attempt"` reproduces ATTEMPT's code (docs/fidelity.md A1, A6, A7): the input pool takes in the pad
+token's embedding too (the code pools over padded inputs, every config padding to max_source_length),
+the temperature defaults to 2000, and source prompts drawn without `sources` are N(0, 1).
 """
 from __future__ import annotations
 
@@ -29,8 +34,11 @@ from ..errors import PeftlabError
 from ..calls import generating
 from ..prompting import PromptProvider
 from ..registry import register_method
-from .prompt import attach_prompt, save_random_prompts, vocab_init
+from .prompt import attach_prompt, code_vocab_init, save_random_prompts, vocab_init
 from .spot import load_sources
+
+
+CODE_TEMPERATURE = 2000.0   # ATTEMPT options.py:265-270 (its configs pass 2087 ≈ 768·e)
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Attempt(MethodConfig):
     train_layer_norm: bool = False
     save_prompt_only: bool = False     # save only the target prompt(s); G starts fresh on load
     seed: int = 0
+    compat_choices = ("attempt",)
 
     def validate(self):
         if self.sources:
@@ -78,8 +87,13 @@ class AttemptPrompt(PromptProvider):
         self.targets = nn.Parameter(targets.float().clone())                        # (tasks, m, d)
         self.down = nn.Linear(d, attn_hidden, bias=False)
         self.up = nn.Linear(attn_hidden, d, bias=False)
+        for linear in (self.down, self.up):   # ATTEMPT modeling_t5.py:867-871 (_init_weights on nn.Linear)
+            nn.init.normal_(linear.weight, std=0.01)
         self.norm = nn.LayerNorm(d, elementwise_affine=train_layer_norm)   # frozen = its identity affine
         self.temperature, self.task_names, self.labels = temperature, task_names, [*source_names, "target"]
+        # compat="attempt": (the model's input embeddings, pad id): E[pad] joins the pool. A plain reference,
+        # not a submodule (the model owns it); a deepcopy of the model copies it with the model.
+        self.__dict__["pad_source"] = None
 
     def task_rows(self, task_ids, batch: int) -> torch.Tensor:
         """Index of each row's target prompt; raises when multi-task mode gets no (or bad) task ids."""
@@ -100,7 +114,11 @@ class AttemptPrompt(PromptProvider):
         """(per-row target prompts (b, m, d), weights (b, t+1)) — pure; the last weight is the target's."""
         rows = self.task_rows(task_ids, embeds.shape[0])
         target = self.targets[rows]
-        h = self.norm(self.up(F.silu(self.down(masked_max_pool(embeds.float(), mask)))))
+        pooled = masked_max_pool(embeds.float(), mask)
+        if self.pad_source is not None:   # ATTEMPT modeling_t5.py:1072 pools over the padding too
+            embed, pad = self.pad_source
+            pooled = torch.maximum(pooled, embed.weight[pad].float().to(pooled.device))
+        h = self.norm(self.up(F.silu(self.down(pooled))))
         pooled_sources = self.sources.amax(dim=1)                      # (t, d)
         scores = torch.cat([h @ pooled_sources.T, (target.amax(dim=1) * h).sum(-1, keepdim=True)], dim=-1)
         return target, torch.softmax(scores / self.temperature, dim=-1)
@@ -136,25 +154,38 @@ def mixing_weights(model: nn.Module, name: str, embeds: torch.Tensor, mask: torc
         return provider.mixing(embeds, mask, task_ids)[1]
 
 
-def _random_sources(target, count: int, length: int, seed: int) -> torch.Tensor:
+def _random_sources(target, count: int, length: int, seed: int, compat) -> torch.Tensor:
+    if compat == "attempt":
+        return torch.stack([code_vocab_init(target, length, seed + i) for i in range(count)]).float()
     return torch.stack([vocab_init(target, length, "sample", 5000, seed + i) for i in range(count)]).float()
 
 
+def _pad_source(target):
+    """(input embeddings, pad id): E[pad] is read at each forward, so it follows the model's weights."""
+    pad = target.hf_config.pad_token_id
+    check(pad is not None, "Attempt compat='attempt' pools the pad token's embedding, but the model "
+                           "config has no pad_token_id")
+    return target.model.get_input_embeddings(), pad
+
+
 def build_attempt(target, *, sources, num_sources, length, temperature, target_init, tasks, attn_hidden,
-                  train_layer_norm, save_prompt_only, seed):
+                  train_layer_norm, save_prompt_only, seed, compat):
     if sources:
         stacked = load_sources(target, sources)
         check(length in (None, stacked.shape[1]),
               f"Attempt.length={length} but the source prompts have {stacked.shape[1]} tokens")
         names = [str(s).rstrip("/").rsplit("/", 1)[-1] for s in sources]
     else:
-        stacked = _random_sources(target, num_sources, length or 100, seed)
+        stacked = _random_sources(target, num_sources, length or 100, seed, compat)
         names = [f"source{i}" for i in range(num_sources)]
     d = target.hidden_size
     targets = stacked[target_init].expand(max(len(tasks), 1), -1, -1)
-    provider = AttemptPrompt(stacked, targets, temperature or d * math.e, attn_hidden, train_layer_norm,
+    default_temperature = CODE_TEMPERATURE if compat == "attempt" else d * math.e
+    provider = AttemptPrompt(stacked, targets, temperature or default_temperature, attn_hidden, train_layer_norm,
                              tuple(tasks), names)
     provider.adapter_name = target.name
+    if compat == "attempt":
+        provider.__dict__["pad_source"] = _pad_source(target)
     if save_prompt_only:
         provider._register_state_dict_hook(_drop_g_from_state)
     attach_prompt(target, stacked[0], provider)

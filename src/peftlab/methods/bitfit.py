@@ -3,7 +3,9 @@
 Existing biases train in place. Where a projection or a per-layer norm has no bias (T5, Llama), a zero
 bias is created: on q, k, v, o (self and cross attention), the FFN's in and out projections, and an
 additive beta in every layer norm except each stack's final one (Compacter's choice).
-`freeze_bitfit_lm_head` adds a zero bias to the lm_head and trains only that, its weight frozen.
+The lm_head gets a zero bias too, and trains as the Compacter code trains it (`utils/utils.py:115-130`):
+its weight as well (for a tied head: the shared embedding) unless `freeze_bitfit_lm_head`, which keeps
+the weight frozen and trains only the bias (what the Compacter paper's BitFit row counts).
 """
 from __future__ import annotations
 
@@ -67,12 +69,14 @@ def build_bitfit(target, *, freeze_bitfit_lm_head):
     for site, dim in _bias_less_sites(target):
         target.place(site, BiasPart(dim))
     head = target.layout.lm_head
-    if freeze_bitfit_lm_head and head and target.exists(head):
+    if head and target.exists(head):
         module = target.module(head)
         if module.bias is not None:
             target.claim([f"{head}.bias"])
         else:
             target.place(Site(None, None, "lm_head", head), BiasPart(module.out_features))
+        if not freeze_bitfit_lm_head:
+            target.claim([f"{head}.weight"])
 
 
 register_method("bitfit", BitFit, build_bitfit)

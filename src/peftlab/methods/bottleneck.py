@@ -23,6 +23,7 @@ from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 
 NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
+NORMAL_INIT_STD = {"near_identity": 0.01, "bert": 0.02}
 
 
 @dataclass
@@ -37,7 +38,10 @@ class Bottleneck(LayeredConfig):
     adapter_layernorm_before: bool = False
     adapter_layernorm_after: bool = False
     scaling: float | Literal["learned"] = 1.0
-    init: Literal["near_identity", "zero_up"] = "near_identity"
+    # near_identity: N(0, 0.01²) weights (Compacter); bert: N(0, 0.02²) (AdapterHub, kernel-adapters' GPT-2);
+    # both with zero biases, std overridable by init_std; zero_up: kaiming down, zero up (MAM, LoRA)
+    init: Literal["near_identity", "bert", "zero_up"] = "near_identity"
+    init_std: float | None = None
     drop_max_layers: int = 0
     drop_inference_layers: int = 0
 
@@ -48,8 +52,12 @@ class Bottleneck(LayeredConfig):
               f"{type(self).__name__}.bottleneck_size must be positive, got {self.bottleneck_size}")
         check(self.mh_adapter or self.output_adapter,
               f"{type(self).__name__}: set mh_adapter and/or output_adapter, else nothing is placed")
-        check(self.drop_max_layers >= 0 and self.drop_inference_layers >= 0,
-              f"{type(self).__name__}: AdapterDrop layer counts must be >= 0")
+        for name in ("drop_max_layers", "drop_inference_layers"):
+            check(getattr(self, name) >= 0,
+                  f"{type(self).__name__}.{name} (an AdapterDrop layer count) must be >= 0, got {getattr(self, name)}")
+        check(self.init_std is None or (self.init_std > 0 and self.init != "zero_up"),
+              f"{type(self).__name__}.init_std sets the std of a normal init (near_identity, bert); "
+              f"got {self.init_std} with init {self.init!r}")
 
     @property
     def identity_at_init(self) -> bool:
@@ -75,7 +83,7 @@ class Parallel(Bottleneck):
 
     parallel: bool = True
     scaling: float | Literal["learned"] = 4.0
-    init: Literal["near_identity", "zero_up"] = "zero_up"
+    init: Literal["near_identity", "bert", "zero_up"] = "zero_up"
 
 
 class BottleneckNet(nn.Module):
@@ -85,7 +93,7 @@ class BottleneckNet(nn.Module):
     (PHM, low-rank) returns modules that initialize themselves, so `init` applies to nn.Linear only."""
 
     def __init__(self, d: int, k: int, non_linearity: str, ln_before: bool, ln_after: bool, scaling, init: str,
-                 linear=None):
+                 linear=None, init_std: float | None = None):
         super().__init__()
         self.ln_before = nn.LayerNorm(d) if ln_before else None
         make = linear or nn.Linear
@@ -97,9 +105,9 @@ class BottleneckNet(nn.Module):
             _in_out_weight(layer) is not None for layer in (self.down, self.up))
         if linear is not None:
             pass                      # the factory's modules chose their own initialization
-        elif init == "near_identity":   # Compacter: N(0, 1e-2) weights, zero biases
+        elif init in NORMAL_INIT_STD:   # near_identity (Compacter) or bert: N(0, std²) weights, zero biases
             for layer in (self.down, self.up):
-                nn.init.normal_(layer.weight, std=1e-2)
+                nn.init.normal_(layer.weight, std=init_std or NORMAL_INIT_STD[init])
                 nn.init.zeros_(layer.bias)
         else:                         # MAM / LoRA style: exact identity at init
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
@@ -195,11 +203,6 @@ class ParallelOut(_Dropping):
         return self.net.branch(self.net.normed(x.to(self.net.dtype))).to(x.dtype)
 
 
-def _width(target, path: str) -> int:
-    dims = feature_dims(target.module(path))
-    return dims[1] if dims else target.hidden_size
-
-
 def _first_per_layer(sites):
     out = {}
     for site in sites:
@@ -209,8 +212,8 @@ def _first_per_layer(sites):
 
 def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity, mh_adapter, output_adapter,
                      parallel, residual_before_ln, adapter_layernorm_before, adapter_layernorm_after, scaling,
-                     init, drop_max_layers, drop_inference_layers, layers, encoder_layers, decoder_layers,
-                     leave_out, linear=None):
+                     init, init_std, drop_max_layers, drop_inference_layers, layers, encoder_layers,
+                     decoder_layers, leave_out, linear=None):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     schedule = DropSchedule(drop_max_layers, drop_inference_layers)
     if drop_max_layers:
@@ -220,11 +223,11 @@ def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity
     for _, out_slot, in_slot in placements:
         taps = _first_per_layer(target.sites(in_slot, selection)) if parallel else {}
         for site in target.sites(out_slot, selection):
-            d = _width(target, site.path)
+            d = target.width(site.path)
             k = bottleneck_size or int(d // reduction_factor)
             check(k >= 1, f"reduction_factor {reduction_factor} gives a zero-size bottleneck for hidden size {d}")
             net = BottleneckNet(d, k, non_linearity, adapter_layernorm_before, adapter_layernorm_after, scaling, init,
-                                linear)
+                                linear, init_std)
             if not parallel:
                 target.place(site, SerialAdapter(net, residual_before_ln, schedule))
                 continue

@@ -158,12 +158,11 @@ def build_gated_adapter(target, adapter: Pfeiffer) -> None:
              if on]
     for slot in slots:
         for site in target.sites(slot, selection):
-            dims = feature_dims(target.module(site.path))
-            d = dims[1] if dims else target.hidden_size
+            d = target.width(site.path)
             k = adapter.bottleneck_size or int(d // adapter.reduction_factor)
             check(k >= 1, f"reduction_factor {adapter.reduction_factor} gives a zero-size bottleneck for hidden size {d}")
             net = BottleneckNet(d, k, adapter.non_linearity, adapter.adapter_layernorm_before,
-                                adapter.adapter_layernorm_after, adapter.scaling, adapter.init)
+                                adapter.adapter_layernorm_after, adapter.scaling, adapter.init, None, adapter.init_std)
             target.place(site, GatedSerialAdapter(net, adapter.residual_before_ln, d))
 
 

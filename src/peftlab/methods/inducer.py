@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..attention import AttentionExtension, attention_sites as attention_modules, install
 from ..config import LayeredConfig, check
@@ -45,6 +46,8 @@ class Inducer(LayeredConfig):
     joint_softmax: bool = False           # (1 - w) Attn(q) instead of Attn(q)
     lora: LoRA | None = None              # a LoRA beside the inducer ("inducer-lora")
     parallel_adapter: Parallel | None = None     # a parallel adapter as well ("inducer-mam")
+    share_dropout: bool = True            # the attention's own dropout on w too, as kernel-adapters does
+    compat_choices = ("kernel-adapters",)
 
     def validate(self):
         check(self.rank_k > 0, f"{type(self).__name__}.rank_k must be positive, got {self.rank_k}")
@@ -65,7 +68,9 @@ def check_nested_switches(owner, *fields: str) -> None:
 
 
 def _paper_lora(r: int) -> LoRA:
-    return LoRA(r=r, alpha=32.0, dropout=0.1, slots=("attn.q",))
+    """The kernel-adapters GPT-2 configs' LoRA on W_q: α 32, dropout 0.1, with its zero-initialized bias
+    scaled by α/r (nlg/adapters/adapter_modeling.py:181-188, low_rank_layer.py:97-98,222-223)."""
+    return LoRA(r=r, alpha=32.0, dropout=0.1, slots=("attn.q",), bias=True)
 
 
 @dataclass
@@ -79,13 +84,15 @@ class InducerLoRA(Inducer):
 
 @dataclass
 class InducerMAM(Inducer):
-    """The paper's GPT-2 "inducer-MAM": inducer + LoRA on Q + a parallel FFN adapter (reduction 18.2, LN before)."""
+    """The paper's GPT-2 "inducer-MAM": inducer + LoRA on Q + a parallel FFN adapter (reduction 18.2, LN before),
+    its weights N(0, 0.02²) as the kernel-adapters code leaves them (its loader re-initializes every module
+    missing from the checkpoint: nlg/modeling/custom_modeling_utils.py:1269-1288, custom_gpt2.py:677-691)."""
 
     rank_k: int = 3
     rank_v: int = 7
     lora: LoRA | None = field(default_factory=lambda: _paper_lora(16))
     parallel_adapter: Parallel | None = field(default_factory=lambda: Parallel(
-        reduction_factor=18.2, non_linearity="relu", adapter_layernorm_before=True, scaling=1.0))
+        reduction_factor=18.2, non_linearity="relu", adapter_layernorm_before=True, scaling=1.0, init="bert"))
 
 
 def _mlp_tensors(heads: int, head_dim: int, rank: int, out_shape: tuple[int, ...], bias_shape) -> list:
@@ -97,8 +104,11 @@ class InducerExtension(AttentionExtension):
     """The inducer of one attention module; runs inside the shared attention hook."""
 
     def __init__(self, heads: int, head_dim: int, d_out: int, rank_k: int, rank_v: int, value_extension: bool,
-                 joint_softmax: bool):
+                 joint_softmax: bool, share_dropout: bool = True, mask_share: bool = True):
         super().__init__()
+        # share_dropout: w passes the attention's dropout (custom_gpt2.py:328, modeling_roberta.py:423);
+        # mask_share False: w sees padded keys, as kernel-adapters' RoBERTa (modeling_roberta.py:412-427)
+        self.share_dropout, self.mask_share = share_dropout, mask_share
         self.key_A, self.key_a, self.key_B, self.key_b = _mlp_tensors(heads, head_dim, rank_k, (head_dim,),
                                                                       (heads, head_dim))
         out = (d_out,) if value_extension else (head_dim,)
@@ -120,16 +130,20 @@ class InducerExtension(AttentionExtension):
         bias = call.kwargs.get("position_bias")
         if bias is not None:
             scores = scores + bias.to(q.dtype)
-        scores = _masked(scores, call)
+        if self.mask_share or call.causal:
+            scores = _masked(scores, call)
         return torch.sigmoid(s0 - torch.logsumexp(scores, dim=-1))
 
     def after(self, call, output):
         attn = output[0]
         q = call.query.to(self.key_A.dtype)
         w = self.share(call, q)                                            # (b, h, n)
+        base = attn * (1 - w.transpose(1, 2)[..., None]).to(attn.dtype) if self.joint_softmax else attn
+        p = float(call.kwargs.get("dropout") or 0.0)   # the attention's dropout in training, 0 in eval
+        if self.share_dropout and p > 0:
+            w = F.dropout(w, p=p, training=True)
         hidden = torch.tanh(torch.einsum("bhnd,hdr->bhnr", q, self.value_A) + self.value_a[:, None])
         weight = w.transpose(1, 2)[..., None]                              # (b, n, h, 1)
-        base = attn * (1 - weight).to(attn.dtype) if self.joint_softmax else attn
         if self.value_extension:
             weighted = hidden * w[..., None]
             self.pending.put(torch.einsum("bhnr,hro->bno", weighted, self.value_B) + self.value_b)
@@ -189,6 +203,14 @@ class SliceLoRA(Part):
         full[self.segment.start:self.segment.start + self.segment.width] = delta
         return full
 
+    def delta_bias(self) -> torch.Tensor | None:
+        delta = self.lora.delta_bias()
+        if delta is None:
+            return None
+        full = delta.new_zeros(self.out_features)
+        full[self.segment.start:self.segment.start + self.segment.width] = delta
+        return full
+
 
 _PROJECTIONS = ("attn.q", "attn.k", "attn.v")
 
@@ -209,12 +231,12 @@ def build_side_lora(target, lora: LoRA, wrap=None) -> None:
         for site in lora_sites(target, plain, lora.target_modules, selection):
             dims = feature_dims(target.module(site.path))
             check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
-            target.place(site, wrap(LoRAPart(dims[0], dims[1], lora.r, lora.alpha, lora.dropout), dims[0]))
+            target.place(site, wrap(LoRAPart(dims[0], dims[1], lora.r, lora.alpha, lora.dropout, lora.bias), dims[0]))
     kinds = "".join(slot[-1] for slot in lora.slots if fused and slot in _PROJECTIONS)
     for site in target.sites("attn.qkv", selection) if kinds else ():
         d_in, d_out = feature_dims(target.module(site.path))
         for segment in projection_segments(target, site, kinds, "LoRA").values():
-            part = LoRAPart(d_in, segment.width, lora.r, lora.alpha, lora.dropout)
+            part = LoRAPart(d_in, segment.width, lora.r, lora.alpha, lora.dropout, lora.bias)
             target.place(site, wrap(SliceLoRA(segment, part, d_out), d_in))
 
 
@@ -223,7 +245,7 @@ def _by_layer(sites) -> dict:
 
 
 def build_inducer(target, *, rank_k, rank_v, prefix_value_extension, joint_softmax, lora, parallel_adapter,
-                  layers, encoder_layers, decoder_layers, leave_out):
+                  share_dropout, compat, layers, encoder_layers, decoder_layers, leave_out):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     queries = _by_layer(projection_sites(target, "q", selection))
     outputs = _by_layer(target.sites("attn.o", selection))
@@ -232,7 +254,8 @@ def build_inducer(target, *, rank_k, rank_v, prefix_value_extension, joint_softm
         segment = projection_segments(target, queries[key], "q", "Inducer")["q"]
         d_out = feature_dims(target.module(outputs[key].path))[1]
         extension = InducerExtension(segment.heads, segment.head_dim, d_out, rank_k, rank_v,
-                                     prefix_value_extension, joint_softmax)
+                                     prefix_value_extension, joint_softmax, share_dropout,
+                                     mask_share=compat != "kernel-adapters")
         install(target, site, extension)
         if prefix_value_extension:
             target.place(outputs[key], InducerOutputPart(extension))

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
-from ..ops.fastfood import Workspace, draw_pieces, fastfood_rows, next_power_of_two, row_offsets
+from ..ops.fastfood import Workspace, draw_pieces, fastfood_rows, next_power_of_two, row_offsets, scale_gradient
 from ..registry import register_method
 from ..runtime import named_base_modules
 
@@ -36,6 +36,7 @@ class IntrinsicSAID(MethodConfig):
     said: bool = True
     projection: Literal["fastfood", "dense"] = "fastfood"
     seed: int = 0
+    compat_choices = ("compacter",)
 
     def validate(self):
         name = type(self).__name__
@@ -64,15 +65,20 @@ class _Group:
 
 
 class IntrinsicProjector(nn.Module):
-    """Holds z (and λ), the random pieces, and computes the flat deltas λ_i P_i(z) of every tensor."""
+    """Holds z (and λ), the random pieces, and computes the flat deltas λ_i P_i(z) of every tensor.
+
+    `compacter=True` reproduces the Compacter code (docs/fidelity.md C5-C8): z's gradient through each
+    tensor's transforms scaled by 1/L (its FWHT backward returns H·g/√L), one λ more than tensors (the last
+    one unused) and one z entry fewer, and a dense projection of N(0, 0.01²) entries, unnormalized."""
 
     def __init__(self, sizes: list[int], intrinsic_dim: int, said: bool, projection: str, seed: int,
-                 device: torch.device):
+                 device: torch.device, compacter: bool = False):
         super().__init__()
-        self.sizes, self.projection = list(sizes), projection
-        z_length = intrinsic_dim - len(sizes) if said else intrinsic_dim
+        self.sizes, self.projection, self.compacter = list(sizes), projection, compacter
+        lambdas = len(sizes) + (1 if compacter else 0)   # intrinsic.py:155-170: the projector itself counted
+        z_length = intrinsic_dim - lambdas if said else intrinsic_dim
         self.z = nn.Parameter(torch.zeros(z_length, device=device))
-        self.said_lambda = nn.Parameter(torch.ones(len(sizes), device=device)) if said else None
+        self.said_lambda = nn.Parameter(torch.ones(lambdas, device=device)) if said else None
         generator = torch.Generator().manual_seed(seed)
         meta = device.type == "meta"
         if projection == "dense":
@@ -89,7 +95,7 @@ class IntrinsicProjector(nn.Module):
         if meta:
             matrix = torch.empty(total, z_length, device=device)
         else:
-            scale = torch.cat([torch.full((size,), size ** -0.5) for size in self.sizes])
+            scale = torch.cat([torch.full((size,), 0.01 if self.compacter else size ** -0.5) for size in self.sizes])
             matrix = (torch.randn(total, z_length, generator=generator) * scale[:, None]).to(device)
         self.register_buffer("dense", matrix, persistent=False)
 
@@ -121,7 +127,7 @@ class IntrinsicProjector(nn.Module):
     def _lambdas(self, members: list[int] | None = None) -> torch.Tensor | None:
         if self.said_lambda is None:
             return None
-        return self.said_lambda if members is None else self.said_lambda[members]
+        return self.said_lambda[:len(self.sizes)] if members is None else self.said_lambda[members]
 
     def deltas(self, scratch: bool = False) -> list[torch.Tensor]:
         """Flat λ_i P_i(z) for every tensor, in the order of `sizes`. `scratch`: compute in reused buffers;
@@ -135,7 +141,8 @@ class IntrinsicProjector(nn.Module):
         for g, group in enumerate(self.groups):
             scale = getattr(self, f"ff{g}_scale")
             lam = self._lambdas(group.members)
-            rows = fastfood_rows(self.z, getattr(self, f"ff{g}_signs"), getattr(self, f"ff{g}_index"),
+            z = scale_gradient(self.z, 1.0 / group.length) if self.compacter else self.z
+            rows = fastfood_rows(z, getattr(self, f"ff{g}_signs"), getattr(self, f"ff{g}_index"),
                                  getattr(self, f"ff{g}_gauss"), scale if lam is None else scale * lam,
                                  [self.sizes[i] for i in group.members], self.workspaces[g] if scratch else None)
             for row, i in zip(rows, group.members):
@@ -210,15 +217,20 @@ def _unique_parameters(model: nn.Module):
     return tensors, places
 
 
-def build_intrinsic(target, *, intrinsic_dim, said, projection, seed):
+def build_intrinsic(target, *, intrinsic_dim, said, projection, seed, compat):
     model = target.model
     tensors, places = _unique_parameters(model)
+    if compat == "compacter":   # intrinsic.py:253-254 sets the embedding module only: a tied lm_head keeps θ⁰
+        head = target.module(target.layout.lm_head) if target.layout.lm_head and target.exists(
+            target.layout.lm_head) else None
+        places = [[(m, a) for m, a in where if m is not head] or where for where in places]
     check(bool(tensors), "IntrinsicSAID: the model has no parameters to project")
     if said and intrinsic_dim <= len(tensors):
         raise PeftlabError(f"IntrinsicSAID.intrinsic_dim {intrinsic_dim} must exceed the number of parameter "
                            f"tensors ({len(tensors)}): SAID spends one entry per tensor on its scalar λ")
     device = tensors[0].device
-    projector = IntrinsicProjector([t.numel() for t in tensors], intrinsic_dim, said, projection, seed, device)
+    projector = IntrinsicProjector([t.numel() for t in tensors], intrinsic_dim, said, projection, seed, device,
+                                   compacter=compat == "compacter")
     target.home().intrinsic = projector
     for index in range(len(tensors)):
         target.note("projected tensors", str(index))

@@ -115,7 +115,7 @@ class KernelMix(LayeredConfig):
     shared_r_v: int = 8           # rank of the shared value term (0: none)
     shared_r_o: int = 8           # rank of the shared output term (0: none)
     alpha: float | None = None    # each term is scaled by alpha / its rank; None: scale 1 (the paper)
-    dropout: float = 0.0
+    dropout: float = 0.1          # on each term's input, its own mask (kernel-mix.json:22, low_rank_layer.py:78-90)
     targets: tuple[Literal["q", "v", "o"], ...] = ("q", "v", "o")
     init: Literal["normal", "zero"] = "normal"
 
@@ -193,9 +193,9 @@ class QueryMix(Part):
         self.shared, self.dropout = _shared(d_in, segment.width, shared_rank, alpha, init), _dropout(dropout)
 
     def forward(self, x):
-        z = self.dropout(x.to(self.head.A.dtype))
-        delta = self.head(z, shared_input=True).flatten(-2)
-        return (delta if self.shared is None else delta + self.shared(z)).to(x.dtype)
+        x_ = x.to(self.head.A.dtype)
+        delta = self.head(self.dropout(x_), shared_input=True).flatten(-2)
+        return (delta if self.shared is None else delta + self.shared(self.dropout(x_))).to(x.dtype)
 
 
 class ValueMix(Part):
@@ -240,10 +240,10 @@ class OutputMix(Part):
         self.dropout = _dropout(dropout)
 
     def forward(self, x):
-        z = self.dropout(x.to(self.A.dtype))
-        low = torch.einsum("...hi,hri->...hr", z.unflatten(-1, (self.heads, self.head_dim)), self.A)
+        x_ = x.to(self.A.dtype)
+        low = torch.einsum("...hi,hri->...hr", self.dropout(x_).unflatten(-1, (self.heads, self.head_dim)), self.A)
         delta = self.scale * (low.flatten(-2) @ self.B.T + self.b)
-        return (delta if self.shared is None else delta + self.shared(z)).to(x.dtype)
+        return (delta if self.shared is None else delta + self.shared(self.dropout(x_))).to(x.dtype)
 
 
 class FusedMixPart(Part):

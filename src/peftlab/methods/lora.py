@@ -20,6 +20,7 @@ class LoRA(LayeredConfig):
     dropout: float = 0.0
     slots: tuple[str, ...] = ("attn.q", "attn.v")
     target_modules: tuple[str, ...] | None = None   # module-name suffixes or full-path regexes; overrides slots
+    bias: bool = False    # a trainable bias b in the update, s·(B A x + b), zero at the start (kernel-adapters)
 
     def validate(self):
         check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
@@ -38,28 +39,38 @@ class LoRA(LayeredConfig):
 class LoRAPart(Part):
     role = "add"
 
-    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float):
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float,
+                 bias: bool = False):
         super().__init__()
         self.lora_A = nn.Linear(in_features, r, bias=False)
         self.lora_B = nn.Linear(r, out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
+        # kernel-adapters' LoRALinear (nlg/adapters/low_rank_layer.py:97-98,147,222-223): b, zeros, scaled
+        self.lora_bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.lora_A.weight.dtype
-        return (self.lora_B(self.lora_A(self.dropout(x.to(dtype)))) * self.scaling).to(x.dtype)
+        y = self.lora_B(self.lora_A(self.dropout(x.to(dtype))))
+        if self.lora_bias is not None:
+            y = y + self.lora_bias
+        return (y * self.scaling).to(x.dtype)
 
     def add_to(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """h + s·B A x with the scale and the sum inside the up GEMM (beta = 1, alpha = s): two fewer
         passes over the (tokens x out) output than adding a scaled delta, forward and backward alike."""
         weight = self.lora_B.weight
-        if h.dtype != weight.dtype or torch.is_autocast_enabled(h.device.type):
+        if h.dtype != weight.dtype or torch.is_autocast_enabled(h.device.type) or self.lora_bias is not None:
             return h + self(x)
         a = self.lora_A(self.dropout(x.to(weight.dtype)))
         out = torch.addmm(h.reshape(-1, h.shape[-1]), a.reshape(-1, a.shape[-1]), weight.t(), alpha=self.scaling)
         return out.view(h.shape)
+
+    def delta_bias(self) -> torch.Tensor | None:
+        """What merging adds to the base layer's bias (None: nothing)."""
+        return None if self.lora_bias is None else self.lora_bias * self.scaling
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, s·B): ΔW = (s·B) A, the update as two factors with the scale folded into B."""
@@ -82,13 +93,13 @@ def lora_sites(target, slots, target_modules, selection):
     return sites
 
 
-def build_lora(target, *, r, alpha, dropout, slots, target_modules, layers, encoder_layers, decoder_layers,
+def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, layers, encoder_layers, decoder_layers,
                leave_out):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     for site in lora_sites(target, slots, target_modules, selection):
         dims = feature_dims(target.module(site.path))
         check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
-        target.place(site, LoRAPart(dims[0], dims[1], r, alpha, dropout))
+        target.place(site, LoRAPart(dims[0], dims[1], r, alpha, dropout, bias))
 
 
 register_method("lora", LoRA, build_lora)

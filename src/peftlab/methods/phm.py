@@ -8,8 +8,11 @@ Options (DESIGN §3): `phm_dim` n; `shared_phm_rule` (ONE rule tensor for the wh
 adapter's home module, so it is saved once and its gradient sums over every layer); `factorized_phm_rule`
 (A_i = a_i b_iᵀ); `factorized_phm_W` (B_i = s_i t_iᵀ of rank `phm_rank`); `shared_W_phm` (one set of
 blocks per layer shape for the whole model); `learn_phm` (train the rules or keep them fixed);
-`phm_c_init` and `phm_init_range` (rule init: normal std / uniform bound; 1e-4 for a shared rule,
-0.01 otherwise); `hypercomplex_nonlinearity` (init of the blocks: glorot-uniform, glorot-normal, normal).
+`phm_c_init`, `phm_init_range` and `hypercomplex_nonlinearity` (initialization, as the Compacter code
+does it, docs/fidelity.md rows C1-C2: per-layer rules N(0, 0.01²) or U(±0.01) whatever the range; a shared
+rule N(0, phm_init_range²) (1e-4 when unset) or U(-1, 1); blocks glorot-uniform / glorot-normal with gain
+√2 per block, or "normal": N(0, phm_init_range²) per layer, N(0, 0.01²) when shared).
+`compat="compacter"` also trains a shared rule when `learn_phm` is false, as that code does.
 
 Methods: PHMAdapter (Houlsby placement, n = 12, per-layer rules), Compacter (Houlsby placement, n = 4,
 shared rule, factorized blocks of rank 1), CompacterPlusPlus (Compacter after the FFN only).
@@ -32,6 +35,7 @@ from .phm_bank import PHMBank
 
 WeightInit = Literal["glorot-uniform", "glorot-normal", "normal"]
 SHARED_RULE_RANGE, LAYER_RULE_RANGE = 1e-4, 1e-2
+GLOROT_GAIN = math.sqrt(2.0)   # hypercomplex/inits.py:7,10 of the Compacter code: xavier with gain √2
 
 
 @dataclass
@@ -50,8 +54,9 @@ class PHMAdapter(Bottleneck):
     shared_W_phm: bool = False
     learn_phm: bool = True
     phm_c_init: Literal["normal", "uniform"] = "normal"
-    phm_init_range: float | None = None     # None: 1e-4 for a shared rule, 0.01 for per-layer rules
+    phm_init_range: float | None = None     # the shared rule's std (None: 1e-4); "normal" blocks' std (None: 0.01)
     hypercomplex_nonlinearity: WeightInit = "glorot-uniform"
+    compat_choices = ("compacter",)
 
     def validate(self):
         super().validate()
@@ -80,6 +85,7 @@ class CompacterPlusPlus(Compacter):
 # --- modules ---------------------------------------------------------------------------------------
 
 def _init_rule(tensor: torch.Tensor, c_init: str, init_range: float) -> None:
+    """N(0, range²) or U(±range); a shared rule's uniform init is U(-1, 1) (its `init_range` is 1)."""
     if c_init == "uniform":
         nn.init.uniform_(tensor, -init_range, init_range)
     else:
@@ -112,16 +118,23 @@ class PHMRule(nn.Module):
         return (self.phm_rule_left, self.phm_rule_right) if self.factorized else (self.phm_rule,)
 
 
-def _init_block(tensor: torch.Tensor, how: str, init_range: float) -> None:
-    """Glorot per block B_i (fan-in and fan-out are the block's own sizes), or N(0, init_range)."""
+def glorot_(tensor: torch.Tensor, how: str) -> None:
+    """Glorot with gain √2 on each 2-D slice of `tensor` (fans: the slice's own sizes), as the Compacter
+    code initializes PHM blocks and low-rank factors."""
     fan_in, fan_out = tensor.shape[-2:]
     if how == "glorot-uniform":
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        bound = GLOROT_GAIN * math.sqrt(6.0 / (fan_in + fan_out))
         nn.init.uniform_(tensor, -bound, bound)
-    elif how == "glorot-normal":
-        nn.init.normal_(tensor, std=math.sqrt(2.0 / (fan_in + fan_out)))
     else:
+        nn.init.normal_(tensor, std=GLOROT_GAIN * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def _init_block(tensor: torch.Tensor, how: str, init_range: float) -> None:
+    """Glorot (gain √2) per block B_i, or N(0, init_range²)."""
+    if how == "normal":
         nn.init.normal_(tensor, std=init_range)
+    else:
+        glorot_(tensor, how)
 
 
 class PHMBlocks(nn.Module):
@@ -192,30 +205,36 @@ class PHMFactory:
     """Builds the PHM layers of one attachment; creates the model-wide shared tensors on first use."""
 
     def __init__(self, target, *, phm_dim, shared_phm_rule, factorized_phm_rule, factorized_phm_W, phm_rank,
-                 shared_W_phm, learn_phm, phm_c_init, phm_init_range, hypercomplex_nonlinearity):
+                 shared_W_phm, learn_phm, phm_c_init, phm_init_range, hypercomplex_nonlinearity, compat):
         self.target, self.n = target, phm_dim
         self.shared_rule, self.shared_blocks = shared_phm_rule, shared_W_phm
-        self.rule_args = (factorized_phm_rule, learn_phm, phm_c_init)
-        self.rule_range = phm_init_range or (SHARED_RULE_RANGE if shared_phm_rule else LAYER_RULE_RANGE)
-        self.block_args = (factorized_phm_W, phm_rank, hypercomplex_nonlinearity, phm_init_range or LAYER_RULE_RANGE)
+        self.factorized_rule, self.learn, self.c_init = factorized_phm_rule, learn_phm, phm_c_init
+        # Compacter's code trains a shared rule even with learn_phm false (utils/utils.py:78-83)
+        self.learn_shared = learn_phm or compat == "compacter"
+        self.shared_range = phm_init_range or SHARED_RULE_RANGE
+        self.block_args = (factorized_phm_W, phm_rank, hypercomplex_nonlinearity)
+        self.block_range = phm_init_range or LAYER_RULE_RANGE
         self.placement = target.placement()   # the shared tensors live where the parts do
         self.home = target.home() if shared_phm_rule or shared_W_phm else None
         self.bank = PHMBank()
         target.add_hook(target.model.register_forward_pre_hook, self.bank.clear)
         if shared_phm_rule:
-            self.home.phm_rule = self._new_rule()
+            uniform = phm_c_init == "uniform"   # modeling_t5.py:1543-1557: N(0, range²), or U(-1, 1)
+            self.home.phm_rule = PHMRule(self.n, self.factorized_rule, self.learn_shared, phm_c_init,
+                                         1.0 if uniform else self.shared_range).to(**self.placement)
 
-    def _new_rule(self) -> PHMRule:
-        return PHMRule(self.n, *self.rule_args, self.rule_range).to(**self.placement)
+    def _layer_rule(self) -> PHMRule:
+        """A per-layer rule: N(0, 0.01²) or U(±0.01) whatever phm_init_range is (layers.py:133-149)."""
+        return PHMRule(self.n, self.factorized_rule, self.learn, self.c_init, LAYER_RULE_RANGE).to(**self.placement)
 
     def _blocks(self, p: int, q: int) -> PHMBlocks:
         if not self.shared_blocks:
-            return PHMBlocks(self.n, p, q, *self.block_args)
+            return PHMBlocks(self.n, p, q, *self.block_args, self.block_range)
         if not hasattr(self.home, "phm_W"):
             self.home.phm_W = nn.ModuleDict()
         key = f"{p}x{q}"
-        if key not in self.home.phm_W:
-            self.home.phm_W[key] = PHMBlocks(self.n, p, q, *self.block_args).to(**self.placement)
+        if key not in self.home.phm_W:   # shared "normal" blocks: N(0, 0.01²) (modeling_t5.py:1644-1651)
+            self.home.phm_W[key] = PHMBlocks(self.n, p, q, *self.block_args, LAYER_RULE_RANGE).to(**self.placement)
         return self.home.phm_W[key]
 
     def __call__(self, in_features: int, out_features: int) -> PHMLinear:
@@ -223,13 +242,13 @@ class PHMFactory:
             raise PeftlabError(f"phm_dim {self.n} does not divide the adapter's layer sizes "
                                f"{in_features} -> {out_features}; pick a phm_dim dividing both "
                                f"(or change reduction_factor)")
-        rule = self.home.phm_rule if self.shared_rule else self._new_rule()
+        rule = self.home.phm_rule if self.shared_rule else self._layer_rule()
         blocks = self._blocks(in_features // self.n, out_features // self.n)
         return PHMLinear(in_features, out_features, rule, blocks, self.shared_rule, self.shared_blocks, self.bank)
 
 
 def build_phm_adapter(target, **kwargs):
-    phm = {k: kwargs.pop(k) for k in _PHM_FIELDS}
+    phm = {k: kwargs.pop(k) for k in (*_PHM_FIELDS, "compat")}
     build_bottleneck(target, **kwargs, linear=PHMFactory(target, **phm))
 
 

@@ -38,6 +38,7 @@ class PromptTuning(MethodConfig):
     init_text: str | None = None
     init_token_ids: tuple[int, ...] | None = None
     tokenizer: str | None = None
+    compat_choices = ("compacter", "attempt")
 
     def validate(self):
         check(self.length >= 1, f"PromptTuning.length must be >= 1, got {self.length}")
@@ -89,8 +90,18 @@ def text_ids(init_text, init_token_ids, tokenizer) -> list[int]:
     return ids
 
 
+def code_vocab_init(target, length: int, seed: int) -> torch.Tensor:
+    """What the Compacter and ATTEMPT code's "vocabulary" init really gives (docs/fidelity.md C9): it copies
+    rows of the embedding table inside `_init_weights`, which runs before the checkpoint loads, when the
+    table is a fresh N(0, 1) draw (Compacter modeling_t5.py:766-772,1602-1607; ATTEMPT modeling_t5.py:
+    821-824,1759-1764). So: N(0, 1) entries."""
+    return torch.randn(length, target.hidden_size, generator=torch.Generator().manual_seed(seed))
+
+
 def initial_prompt(target, *, length, init, vocab_ids, vocab_range, seed, init_text, init_token_ids,
-                   tokenizer) -> torch.Tensor:
+                   tokenizer, compat=None) -> torch.Tensor:
+    if init == "vocab" and compat in ("compacter", "attempt"):
+        return code_vocab_init(target, length, seed)
     if init == "vocab":
         return vocab_init(target, length, vocab_ids, vocab_range, seed)
     if init == "text":

@@ -18,6 +18,8 @@ from .prompt import attach_prompt, read_saved_prompt, save_random_prompts
 @dataclass
 class SPoT(MethodConfig):
     sources: tuple[str, ...] = ()
+    seed: int = 0      # compat="attempt": the draw of the source weights
+    compat_choices = ("attempt",)
 
     def validate(self):
         check(len(self.sources) >= 1, "SPoT needs at least one saved prompt directory in sources")
@@ -34,8 +36,15 @@ def load_sources(target, sources) -> torch.Tensor:
     return torch.stack([p.float() for p in prompts])
 
 
-def build_spot(target, *, sources):
-    attach_prompt(target, load_sources(target, sources).mean(dim=0))
+def build_spot(target, *, sources, seed, compat):
+    """The mean of the sources; ATTEMPT's code (compat="attempt", `update_prefix_weights`, modeling_t5.py:
+    1800-1822) starts from Σ w_i P_i with w_i ~ U(0, 1), unnormalized (one source: that source)."""
+    stacked = load_sources(target, sources)
+    if compat == "attempt" and len(sources) > 1:
+        weights = torch.rand(len(sources), generator=torch.Generator().manual_seed(seed))
+        attach_prompt(target, torch.einsum("t,tmd->md", weights, stacked))
+    else:
+        attach_prompt(target, stacked.mean(dim=0))
 
 
 def _example(model, tmp_dir):

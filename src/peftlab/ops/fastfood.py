@@ -146,3 +146,19 @@ def fastfood(z: torch.Tensor, size: int, pieces: FastfoodPieces) -> torch.Tensor
     rows = fastfood_rows(z, pieces.signs[None].to(z), pieces.index[None].to(z.device), pieces.gauss[None].to(z),
                          scale, [size])
     return rows[0]
+
+
+class _ScaledGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x unchanged in forward; its gradient multiplied by `factor` in backward."""
+    return _ScaledGradient.apply(x, factor)

@@ -21,6 +21,8 @@ def run(host, args, kwargs):
     """One call of `host`: its base module with the active setup's parts around it."""
     route = routing.current()
     block = route if route is not None and route.names else host.activation.block
+    if type(block) is tuple:   # the common case, names only: gather the parts once
+        return _run_parts(host, [p for n in block for p in live(host, n)], args, kwargs)
     x = first_input(args, kwargs)
     x_in = pre(block, host, x)
     if x_in is not x:
@@ -28,6 +30,18 @@ def run(host, args, kwargs):
     out = host.base_layer(*args, **kwargs)
     h = out[0] if isinstance(out, tuple) else out
     h = post(block, host, x_in, h)
+    return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def _run_parts(host, parts, args, kwargs):
+    if not parts:
+        return host.base_layer(*args, **kwargs)
+    x = first_input(args, kwargs)
+    x_in = run_pre(parts, x)
+    if x_in is not x:
+        args, kwargs = replace_first_input(args, kwargs, x_in)
+    out = host.base_layer(*args, **kwargs)
+    h = run_post(parts, x_in, out[0] if isinstance(out, tuple) else out)
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
