@@ -138,36 +138,80 @@ def test_fusion_saves_and_loads_with_its_members(tmp_path):
     torch.testing.assert_close(_logits(fresh, batch), expected, rtol=0, atol=0)
 
 
+def _weight_sets(model, name="wsum_a_b"):
+    return model.peftlab_adapters[name].weight_sets.weights
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
 @pytest.mark.parametrize("mode", ["weights", "softmax", "gates"])
-def test_weighted_sum_with_one_hot_weights_equals_the_chosen_branch(mode):
-    model = _two_adapters()
-    batch = _inputs()
+def test_weighted_sum_with_one_hot_weights_equals_the_chosen_branch(mode, arch):
+    model = _two_adapters(arch)
+    batch = _inputs(arch)
     expected = {}
     for name in ("a", "b"):
         pl.activate(model, name)
         expected[name] = _logits(model, batch)
     pl.deactivate(model)
     expected["base"] = _logits(model, batch)
-    pl.attach(model, pl.WeightedSum("a", "b", mode=mode))
-    mixer = next(p for _, p in pl.core.require(model).adapters["wsum_a_b"].parts)
-    assert mixer.owner.weights.shape == (2, 3)   # one set per layer; branches base, a, b
+    pl.attach(model, pl.WeightedSum("a", "b", mode=mode, num_weight_sets=-1))
+    assert _weight_sets(model).shape == (2, 3)   # one set per layer; branches base, a, b
     for index, label in enumerate(["base", "a", "b"]):
         hot = torch.nn.functional.one_hot(torch.tensor(index), 3).float()
         raw = {"weights": hot, "softmax": hot * 200 - 100, "gates": hot * 200 - 100}[mode]
         with torch.no_grad():
-            mixer.owner.weights.copy_(raw.expand(2, 3))
+            _weight_sets(model).copy_(raw.expand(2, 3))
         torch.testing.assert_close(_logits(model, batch), expected[label], rtol=0, atol=1e-5)
 
 
-def test_weighted_sum_starts_as_an_even_mix_and_logs_one_series_per_layer():
+def _sublayer_reference(reference, weights, sources, norms=None):
+    """nlprunners' mix written out on each BERT sublayer (BertSelfOutput, BertOutput), by forward hooks:
+    Σ_k w_k LN_k(adapter_k(z) + x) + w_base LN(z + x), z = dense(h) (eval: no dropout)."""
+    for _, module in list(reference.named_modules()):
+        if type(module).__name__ not in ("BertSelfOutput", "BertOutput"):
+            continue
+        host = module.dropout
+        if not isinstance(host, Host):
+            continue
+        parts = [host.parts[k][0] for k in sources]
+
+        def mix(m, args, out, parts=parts):
+            h, x = args
+            z = m.dense(h)
+            norm = m.LayerNorm
+            branches = [norm(z + x)] + [(norms or {}).get(k, norm)(p(z) + x) for k, p in zip(sources, parts)]
+            return sum(w * b for w, b in zip(weights, branches))
+        module.register_forward_hook(mix)
+
+
+def test_weighted_sum_on_a_post_norm_encoder_mixes_each_sources_normed_branch():
+    """multi_adapter_modeling.py:70-84: each branch through its own LayerNorm, the base through the
+    pretrained one; starts as an even mix (softmax of equal logits); one series per layer."""
     model = _two_adapters()
     batch = _inputs()
-    pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=1))
+    reference = copy.deepcopy(model)
+    pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=-1))
     with observe.capture() as seen:
         mixed = _logits(model, batch)
     assert sorted(seen) == ["wsum_a_b/encoder.0", "wsum_a_b/encoder.1"]
     torch.testing.assert_close(seen["wsum_a_b/encoder.0"]["weights"], torch.full((3,), 1 / 3))
-    reference = copy.deepcopy(model)   # the three branches mixed by hand with forward hooks
+    pl.deactivate(reference)
+    _sublayer_reference(reference, [1 / 3] * 3, ["a", "b"])
+    torch.testing.assert_close(mixed, _logits(reference, batch), rtol=0, atol=1e-5)
+    before = copy.deepcopy(model)   # mixing before the norm, LN(z + Σ w_k Δ_k + x), is another function
+    pl.deactivate(before)
+    for _, slot in list(before.named_modules()):
+        if isinstance(slot, Host) and "a" in slot.parts:
+            a, b = slot.parts["a"][0], slot.parts["b"][0]
+            slot.base_layer.register_forward_hook(lambda m, i, h, a=a, b=b: (h + a(h) + b(h)) / 3)
+    assert (mixed - _logits(before, batch)).abs().max() > 1e-4
+
+
+def test_weighted_sum_on_a_pre_norm_model_mixes_the_sublayer_outputs():
+    model = _two_adapters("llama")
+    batch = _inputs("llama")
+    pl.attach(model, pl.WeightedSum("a", "b"))
+    mixed = _logits(model, batch)
+    reference = copy.deepcopy(model)
     pl.deactivate(reference)
     for _, slot in list(reference.named_modules()):
         if isinstance(slot, Host) and "a" in slot.parts:
@@ -180,30 +224,46 @@ def test_weighted_sum_starts_as_an_even_mix_and_logs_one_series_per_layer():
 def test_weighted_sum_weight_sets(sets, expected_rows):
     model = _two_adapters()
     pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=sets, include_base=False))
-    parts = [p for _, p in pl.core.require(model).adapters["wsum_a_b"].parts]
-    assert parts[0].owner.weights.shape == (expected_rows, 2)
+    parts = [p for _, p in pl.core.require(model).adapters["wsum_a_b"].parts if hasattr(p, "index")]
+    assert _weight_sets(model).shape == (expected_rows, 2)
     assert sorted({p.index for p in parts}) == list(range(expected_rows))
     assert pl.trainable_parameters(model)[0] == expected_rows * 2 + sum(
         p.numel() for n, p in model.named_parameters() if n.startswith("classifier."))
 
 
+def test_weighted_sum_weight_sets_must_cut_the_layers_evenly():
+    """multi_adapter_modeling.py:545 asserts equal chunks: 3 sets of a 2-layer model are refused."""
+    model = _two_adapters()
+    with pytest.raises(pl.PeftlabError, match="num_weight_sets 3 must divide the model's 2 layers"):
+        pl.attach(model, pl.WeightedSum("a", "b", num_weight_sets=3))
+    assert "wsum_a_b" not in pl.adapters(model)
+
+
 def test_weighted_sum_flex_and_train_modes():
     model = _two_adapters()
     batch = _inputs()
-    pl.attach(model, pl.WeightedSum("a", "b"))
+    pl.attach(model, pl.WeightedSum("a", "b", include_base=False))
     plain = _logits(model, batch)
-    pl.attach(model, pl.WeightedSum("a", "b", flex=True, train_mode="flex", name="flexed"))
-    torch.testing.assert_close(_logits(model, batch), plain, rtol=0, atol=1e-6)   # flex starts at zero
+    pl.attach(model, pl.WeightedSum("a", "b", flex=True, train_mode="flex", include_base=False, name="flexed"))
+    # flex(m) = m + up(gelu(down m)), N(0, 2e-4²) weights: near, not exactly, the identity at the start
+    torch.testing.assert_close(_logits(model, batch), plain, rtol=0, atol=1e-3)
     flex = [p for n, p in model.named_parameters() if ".flex." in n]
-    assert flex and all(p.requires_grad for p in flex)
+    assert flex and all(p.requires_grad for p in flex) and flex[0].shape[0] == 64   # nlprunners' size 64
     pl.detach(model, "flexed"), pl.detach(model, "wsum_a_b")
     pl.attach(model, pl.WeightedSum("a", "b", train_mode="full_ft", name="full"))
     assert all(p.requires_grad for p in model.parameters())   # base, members, weights and head
     pl.detach(model, "full")
+    pl.attach(model, pl.WeightedSum("a", "b", train_mode="base_ft", name="base_ft"))
+    norms = {n for n, p in model.named_parameters() if "LayerNorm" in n and "encoder.layer" in n and p.requires_grad}
+    assert not norms   # base_ft keeps the pretrained per-layer norms frozen (multi_adapter_modeling.py:772-776)
+    assert model.bert.embeddings.LayerNorm.weight.requires_grad
+    pl.detach(model, "base_ft")
     base = [p for n, p in model.named_parameters() if n.startswith("bert.") and ".parts." not in n]
     assert base and not any(p.requires_grad for p in base)
     with pytest.raises(pl.PeftlabError, match="train_mode 'flex' needs flex=True"):
         pl.WeightedSum("a", "b", train_mode="flex")
+    with pytest.raises(pl.PeftlabError, match="set include_base=false"):
+        pl.WeightedSum("a", "b", flex=True, train_mode="flex")
 
 
 def test_parallel_block_rows_equal_separate_runs():

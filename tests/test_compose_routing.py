@@ -135,7 +135,7 @@ def _assert_unchanged(model, snapshot, batch, expected):
     (lambda: pl.Stack("a", pl.ParallelBlock("b", "c")), "ParallelBlock cannot be nested in Stack"),
     (lambda: pl.BatchSplit("a", pl.BatchSplit("b", "c", sizes=[1, 1]), sizes=[1, 1]), "BatchSplit cannot be nested"),
     (lambda: pl.Fuse("a", "ia3"), "changes the module's input"),
-    (lambda: pl.WeightedSum("a", "b", num_weight_sets=9), "num_weight_sets 9 exceeds the model's 2 layers"),
+    (lambda: pl.WeightedSum("a", "b", num_weight_sets=9), "num_weight_sets 9 must divide the model's 2 layers"),
     (lambda: pl.Average("a", "small"), "different shapes"),
     (lambda: pl.Average("a", "ia3"), "different methods"),
 ])

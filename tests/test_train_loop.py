@@ -266,3 +266,17 @@ def test_a_run_without_mixing_weights_probes_them_once(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_probe_batch", lambda self: probes.append(1) or original(self))
     trainer, _ = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "max_steps": 3, "log_steps": 1}))
     assert len(probes) == 1 and not (trainer.run_dir / "mixing_weights.jsonl").exists()
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+    """(1 - ε)·NLL + ε·mean_c(-log p_c), over the labelled positions only (HF's LabelSmoother)."""
+    from peftlab.train.optim import loss_sum
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, 3, 1, 4, -100], [2, 2, -100, 6, 0]])
+    logp = logits[:, :-1].log_softmax(-1)                 # causal: position t predicts t + 1
+    target = labels[:, 1:]
+    keep = target != -100
+    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0][keep].sum()
+    smooth = -logp.mean(-1)[keep].sum()
+    torch.testing.assert_close(loss_sum("causal", logits, labels, False, 0.1), 0.9 * nll + 0.1 * smooth)
+    torch.testing.assert_close(loss_sum("causal", logits, labels, False), nll)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from .config import closest
 from .errors import PeftlabError
 from .registry import config_from_dict
 
@@ -127,19 +128,22 @@ class Fuse(Mixing):
 
 class WeightedSum(Mixing):
     """The multi-adapter of jiant / nlprunners: per layer, a weighted mix of the members' outputs and
-    (with `include_base`) the base model's own output. See docs/composition.md for every option."""
+    (with `include_base`) the base model's own output. Options are the `weighted_sum` config's fields (see
+    docs/composition.md); they are validated when the block is made."""
 
     kind = "weighted_sum"
     prefix = "wsum"
-    OPTIONS = ("mode", "num_weight_sets", "include_base", "flex", "flex_reduction_factor", "train_mode")
+    OPTIONS = ("mode", "num_weight_sets", "include_base", "flex", "flex_size", "flex_reduction_factor",
+               "train_mode", "head_from", "compat")
 
-    def __init__(self, *members, name: str | None = None, mode: str = "softmax", num_weight_sets: int = -1,
-                 include_base: bool = True, flex: bool = False, flex_reduction_factor: float = 16.0,
-                 train_mode: str = "base"):
+    def __init__(self, *members, name: str | None = None, **options):
         super().__init__(*members, name=name)
-        self._options = dict(mode=mode, num_weight_sets=num_weight_sets, include_base=include_base, flex=flex,
-                             flex_reduction_factor=flex_reduction_factor, train_mode=train_mode)
-        config_from_dict(self.mixer_config())   # validates the options now, not at attach or activation
+        unknown = [k for k in options if k not in self.OPTIONS]
+        if unknown:
+            raise PeftlabError(f"WeightedSum: unknown option '{unknown[0]}'{closest(unknown[0], self.OPTIONS)}")
+        self._options = options
+        config = config_from_dict(self.mixer_config())   # validates the options now, not at attach or activation
+        self._options = {k: getattr(config, k) for k in self.OPTIONS}
 
     def options(self):
         return {"name": self.name, **self._options}

@@ -142,6 +142,8 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     except BaseException:
         detach(model, name)
         raise
+    controller_of(model).adapters[name].loaded_base = {k[len("base."):]: v for k, v in tensors.items()
+                                                      if k.startswith("base.")}
     return model
 
 

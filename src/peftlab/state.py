@@ -35,6 +35,9 @@ class Attachment:
     acts_on: dict[str, set[str]] = field(default_factory=dict)     # what else it acts on, by kind (summary)
     trainable: bool = True                                         # False: attached (or loaded) frozen
     learned: list[nn.Parameter] = field(default_factory=list)      # its own tensors the method trains
+    # base tensors it was saved with (trained in place), as loaded: several adapters may have trained
+    # one base tensor differently; a method mixing them (WeightedSum) reads each one's own values
+    loaded_base: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Controller:

@@ -12,6 +12,9 @@ _SLOTS = {
     "ffn.out": ("output.dense",),
     "ffn_block_out": ("output.dropout",),
     "norms": ("attention.output.LayerNorm", "output.LayerNorm"),
+    # post-norm: the LayerNorm over (sublayer output + residual) that follows each block_out
+    "attn_block_norm": ("attention.output.LayerNorm",),
+    "ffn_block_norm": ("output.LayerNorm",),
 }
 
 LAYOUT = Layout(

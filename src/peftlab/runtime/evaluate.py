@@ -67,7 +67,7 @@ def pre(block, host, x):
             if pre(member, host, x) is not x:
                 raise PeftlabError(f"{type(block).__name__} member '{member}' changes the input of {host.path}; "
                                    f"only adapters acting on a module's output can be mixed")
-        return x
+        return _names_pre(host, (block.name,), x)   # the mixing adapter's own taps
     groups, inverse = routing.row_groups(block, x.shape[0])
     if not any(_touches_input(host, member) for member, _ in groups):
         return x
@@ -84,8 +84,8 @@ def post(block, host, x_in, h):
         for run_ in _runs(block.members):
             h = _names_post(host, run_, x_in, h) if isinstance(run_, tuple) else post(run_, host, x_in, h)
         return h
-    if isinstance(block, Mixing):
-        return _mix(block, host, x_in, h)
+    if isinstance(block, Mixing):   # the members mixed, then the mixing adapter's own output parts
+        return _names_post(host, (block.name,), x_in, _mix(block, host, x_in, h))
     groups, inverse = routing.row_groups(block, h.shape[0])
     pieces = [post(member, host, routing.take(x_in, rows), routing.take(h, rows)) for member, rows in groups]
     return routing.assemble(pieces, inverse)

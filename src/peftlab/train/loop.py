@@ -198,7 +198,8 @@ class Trainer:
             batch["labels"] = labels       # the model derives decoder inputs from them
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         logits = self.ddp_model(**batch).logits
-        return loss_sum(self.kind, logits, labels.to(logits.device), task.kind == "regression")
+        return loss_sum(self.kind, logits, labels.to(logits.device), task.kind == "regression",
+                        self.config.train.label_smoothing)
 
     def _stop_if_not_finite(self, loss: float) -> None:
         if math.isfinite(loss):

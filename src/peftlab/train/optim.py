@@ -64,17 +64,18 @@ def build_optimizer(model, train: TrainSection, total_steps: int):
     return optimizer, scheduler
 
 
-def loss_sum(kind: str, logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+def loss_sum(kind: str, logits: torch.Tensor, labels: torch.Tensor, regression: bool,
+             label_smoothing: float = 0.0) -> torch.Tensor:
     """Summed loss over this batch: cross-entropy (or squared error for regression) per example, or
     per target token for text-to-text (causal models predict token t+1 from position t)."""
     logits = logits.float()
     if kind == "classification":
         if regression:
             return ((logits.squeeze(-1) - labels.float()) ** 2).sum()
-        return F.cross_entropy(logits, labels, reduction="sum")
+        return F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
     if logits.shape[1] > labels.shape[1]:      # virtual tokens (prompts) prepended to a decoder's input
         logits = logits[:, -labels.shape[1]:]
     if kind == "causal":
         logits, labels = logits[:, :-1], labels[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+                           reduction="sum", label_smoothing=label_smoothing)

@@ -127,6 +127,7 @@ class TrainSection(Section):
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
+    label_smoothing: float = 0.0          # on the training loss (HF's label_smoothing_factor; kernel-adapters)
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 42
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
@@ -149,6 +150,7 @@ class TrainSection(Section):
         require(self.epochs > 0 or (self.max_steps or 0) > 0, "train: give epochs > 0 or max_steps > 0")
         require(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be positive, got {self.max_steps}")
         require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        require(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         require(self.eval_steps > 0 and self.log_steps > 0, "train: eval_steps and log_steps must be positive")
         require(self.threads is None or self.threads > 0, f"train.threads must be positive, got {self.threads}")
         require(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")

@@ -22,6 +22,7 @@ DIRECT = {
     "output_dir": "output_dir", "overwrite_output_dir": "overwrite",
     "max_train_samples": "data.max_train_samples", "max_val_samples": "data.max_eval_samples",
     "max_eval_samples": "data.max_eval_samples", "data_dir": "data.dir", "description": "description",
+    "label_smoothing": "train.label_smoothing", "label_smoothing_factor": "train.label_smoothing",
 }
 # keys that configure the method; read by `_method`
 METHOD_KEYS = {
@@ -46,7 +47,7 @@ IGNORED = {
     "report_to", "ignore_pad_token_for_loss", "pad_to_max_length", "split_validation_test",
     "max_test_samples", "fp16", "bf16", "evaluation_strategy", "eval_strategy", "max_steps", "task_name",
     "overwrite_cache", "preprocessing_num_workers", "warmup_ratio", "logging_dir", "run_name",
-    "do_predict", "adafactor", "label_smoothing", "num_beams", "val_max_target_length",
+    "do_predict", "adafactor", "num_beams", "val_max_target_length",
     "test_max_target_length", "non_linearity_prefix", "eval_all_at_last", "dev_eval", "dev_test",
 }
 
