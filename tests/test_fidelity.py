@@ -397,6 +397,19 @@ def test_N4_one_weight_set_by_default():
     assert pl.WeightedSum("a", "b").options()["num_weight_sets"] == 1
 
 
+def test_N5_base_ft_trains_the_base_but_not_its_per_layer_norms():
+    """multi_adapter_modeling.py:772-776: the per-layer LayerNorms stay as pretrained under base_ft."""
+    model = tiny_model("bert")
+    for name in ("a", "b"):
+        pl.attach(model, pl.Houlsby(reduction_factor=2), name)
+    pl.attach(model, pl.WeightedSum("a", "b", train_mode="base_ft"))
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    layer_norms = {n for n, _ in model.named_parameters() if "encoder.layer" in n and "LayerNorm" in n}
+    assert layer_norms and not trains & layer_norms
+    assert "bert.encoder.layer.0.attention.self.query.weight" in trains
+    assert "bert.embeddings.LayerNorm.weight" in trains
+
+
 def test_N6_compat_normalizes_the_sources_together_with_a_scale_and_shift_each(tmp_path):
     """multi_adapter_modeling.py:244-253, 376-380: nn.LayerNorm((k, d)) over the stacked branches."""
     from peftlab.methods.weighted_sum import NormMix
