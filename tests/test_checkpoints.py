@@ -162,3 +162,34 @@ def test_a_non_finite_gradient_stops_naming_step_parameter_and_group_keeping_the
     kept = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "trainable.safetensors"))
     assert kept and all(torch.isfinite(t).all() for t in kept.values())
     assert json.loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    root = tmp_path / "checkpoints"
+    previous = _save(root, 4)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(PeftlabError, match=r"cannot write the checkpoint \(No space left on device\); .*last is "
+                                           r"unchanged") as err:
+        _save(root, 8)
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    target = torch.nn.Linear(3, 2)
+    assert ckpt.load_weights(target, root / "last") == {"step": 4}
+    assert all(torch.equal(dict(target.named_parameters())[k], v) for k, v in previous.named_parameters())
+    assert sorted(p.name for p in root.iterdir()) == ["last"]
+
+
+def test_a_saved_adapter_follows_the_umask(tmp_path):
+    import os
+    import peftlab as pl
+    from tiny import tiny_model
+    old = os.umask(0o022)
+    try:
+        folder = pl.save(pl.attach(tiny_model("gpt2"), pl.LoRA()), tmp_path / "a")
+    finally:
+        os.umask(old)
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in folder.iterdir())

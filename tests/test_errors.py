@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+
+from peftlab.files import content_digest, sha256_of
+from safetensors.torch import load_file, save_file
 import torch
 
 import peftlab as pl
@@ -127,7 +131,8 @@ def test_truncated_weights_file_names_the_file_and_changes_nothing(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-40])
     fresh = tiny_model("llama")
     before = _snapshot(fresh)
-    with pytest.raises(PeftlabError, match=r"peftlab_weights.safetensors: unreadable or truncated"):
+    with pytest.raises(PeftlabError, match=r"peftlab_weights.safetensors: the weights file changed since it "
+                                           r"was saved"):
         pl.load(fresh, tmp_path)
     _assert_unchanged(fresh, before)
 
@@ -141,6 +146,9 @@ def test_tampered_tensor_shape_is_refused_and_model_unchanged(tmp_path):
     key = sorted(tensors)[0]
     tensors[key] = torch.zeros(3, 3)
     save_file(tensors, weights)
+    meta = json.loads((tmp_path / "peftlab_config.json").read_text())
+    del meta["sha256"]              # a hand-made file: no digest to catch it, the shape check does
+    (tmp_path / "peftlab_config.json").write_text(json.dumps(meta))
     fresh = tiny_model("llama")
     before = _snapshot(fresh)
     with pytest.raises(PeftlabError, match=r"has shape \[3, 3\], expected"):
@@ -161,6 +169,9 @@ def test_newer_config_with_unknown_keys_loads_with_a_warning(tmp_path):
     pl.save(model, tmp_path)
     meta = json.loads((tmp_path / "peftlab_config.json").read_text())
     meta["config"]["a_future_option"] = 3
+    weights = tmp_path / "peftlab_weights.safetensors"      # as a newer peftlab would write both files
+    save_file(load_file(weights), weights, metadata={"format": "pt", "peftlab_config_sha256": content_digest(meta["config"])})
+    meta["sha256"] = {weights.name: sha256_of(weights)}
     (tmp_path / "peftlab_config.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="a_future_option"):
         pl.load(tiny_model("llama"), tmp_path)
@@ -212,3 +223,75 @@ def test_model_still_trains_after_a_failed_attach():
     model.train()
     model(**tiny_batch("gpt2")).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _saved(tmp_path, name="a"):
+    model = pl.attach(tiny_model("llama"), pl.LoRA(), name=name)
+    with torch.no_grad():                  # each adapter its own trained-looking weights
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) + ord(name))       # a and b differ whatever the RNG state
+    return pl.save(model, tmp_path / name)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("flip", "the weights file changed since it was saved"),
+    ("swap", "the weights file changed since it was saved"),
+    ("config", "the config was edited after the weights were saved"),
+    ("symlink", "a symbolic link out of"),
+    ("nan", "holds NaN or infinite values"),
+    ("int", "has dtype torch.int64, expected a floating-point type"),
+    ("fifo", "not a regular file"),
+])
+def test_tampered_adapters_are_refused_naming_the_file(tmp_path, tamper, message):
+    directory, other = _saved(tmp_path, "a"), _saved(tmp_path, "b")
+    weights, config = directory / "peftlab_weights.safetensors", directory / "peftlab_config.json"
+    if tamper == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0x01
+        weights.write_bytes(bytes(data))
+    elif tamper == "swap":
+        weights.write_bytes((other / weights.name).read_bytes())
+    elif tamper == "config":
+        meta = json.loads(config.read_text())
+        meta["config"]["alpha"] = meta["config"].get("alpha", 8) * 2
+        config.write_text(json.dumps(meta))
+    elif tamper == "symlink":
+        weights.unlink()
+        weights.symlink_to(other / weights.name)
+    elif tamper in ("nan", "int"):
+        tensors = load_file(weights)
+        key = sorted(tensors)[0]
+        tensors[key] = torch.full_like(tensors[key], float("nan")) if tamper == "nan" else tensors[key].long()
+        save_file(tensors, weights)
+        meta = json.loads(config.read_text())
+        meta.pop("sha256")          # a re-made file without a digest: the content checks catch it
+        config.write_text(json.dumps(meta))
+    elif tamper == "fifo":
+        weights.unlink()
+        os.mkfifo(weights)
+    fresh = tiny_model("llama")
+    before = _snapshot(fresh)
+    with pytest.raises(PeftlabError, match=message) as err:
+        pl.load(fresh, directory)
+    assert "\n" not in str(err.value)
+    _assert_unchanged(fresh, before)
+
+
+@pytest.mark.parametrize("config, message", [
+    (lambda: pl.Houlsby(scaling=0), "scaling 0 switches the adapter off"),
+    (lambda: pl.LoRA(alpha=0), "LoRA.alpha 0 scales the update to nothing"),
+    (lambda: pl.PHMAdapter(phm_init_range=1e12), r"phm_init_range must be in \(0, 1\]"),
+    (lambda: pl.Houlsby(drop_max_layers=5000), "must be in 0..1000"),
+])
+def test_nonsense_method_values_are_refused_in_one_line(config, message):
+    with pytest.raises(PeftlabError, match=message):
+        config()
+
+
+def test_adapterdrop_deeper_than_the_model_is_refused_and_the_model_unchanged():
+    model = tiny_model("bert")
+    before = _snapshot(model)
+    with pytest.raises(PeftlabError, match="AdapterDrop drops 100 layers but the model has 2"):
+        pl.attach(model, pl.Houlsby(reduction_factor=4, drop_max_layers=100))
+    _assert_unchanged(model, before)

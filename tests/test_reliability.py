@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import re
 import resource
 from pathlib import Path
@@ -107,3 +108,57 @@ def test_1000_training_steps_keep_memory_flat():
     gc.collect()
     assert len(gc.get_objects()) - objects < 200
     assert _rss_mb() - rss < 50
+
+
+# --- the runner: resume survives a torn log and refuses a changed config or a forged state ----------
+
+def _first_run(tmp_path):
+    from test_train_support import tiny_run_config
+    from peftlab.train.loop import Trainer
+    from peftlab.train.schema import RunConfig
+    config = tiny_run_config(tmp_path, train={"max_steps": 2, "eval_strategy": "no"})
+    Trainer(RunConfig.from_dict(config)).run()
+    return config
+
+
+def _resume(config, **train):
+    from peftlab.train.loop import Trainer
+    from peftlab.train.schema import RunConfig
+    changed = {**config, "train": {**config["train"], **train}}
+    return Trainer(RunConfig.from_dict(changed), resume=True).run()
+
+
+def test_a_torn_log_line_is_dropped_with_a_warning_and_the_run_resumes(tmp_path):
+    config = _first_run(tmp_path)
+    with open(Path(config["output_dir"]) / "log.jsonl", "a") as log:
+        log.write('{"kind": "train", "step":')            # a disk filled up mid-write
+    with pytest.warns(UserWarning, match="a torn log line"):
+        results = _resume(config, max_steps=3)
+    assert results["train"]["steps"] == 3
+
+
+def test_resume_refuses_a_changed_config_naming_the_key(tmp_path):
+    config = _first_run(tmp_path)
+    with pytest.raises(pl.PeftlabError, match=r"--resume: train.learning_rate is 0.5 here but 0.01 in the saved run"):
+        _resume(config, max_steps=3, learning_rate=0.5)
+    with pytest.raises(pl.PeftlabError, match=r"--resume: train.batch_size is 4"):
+        _resume(config, max_steps=3, batch_size=4)
+    saved = json.loads((Path(config["output_dir"]) / "config.json").read_text())
+    assert saved["train"]["learning_rate"] == 0.01 and saved["train"]["max_steps"] == 2
+    assert _resume(config, max_steps=3)["train"]["steps"] == 3      # how long it runs may change
+
+
+def test_a_forged_trainer_state_or_checkpoint_is_refused(tmp_path):
+    config = _first_run(tmp_path)
+    last = Path(config["output_dir"]) / "checkpoints" / "last"
+    state = json.loads((last / "trainer_state.json").read_text())
+    (last / "trainer_state.json").write_text(json.dumps({**state, "step": 1_000_000_000}))
+    with pytest.raises(pl.PeftlabError, match="trainer_state.json: edited after the checkpoint was written"):
+        _resume(config, max_steps=3)
+    (last / "trainer_state.json").write_text(json.dumps(state))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(last / "trainable.safetensors")
+    tensors.pop(sorted(tensors)[0])                       # a deleted tensor
+    save_file(tensors, last / "trainable.safetensors")
+    with pytest.raises(pl.PeftlabError, match="the checkpoint's weights changed since it was saved"):
+        _resume(config, max_steps=3)

@@ -6,8 +6,10 @@ Writers write to a temporary name beside the target and rename it, so a crash ne
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -27,10 +29,24 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())     # as any file the user writes (mkstemp makes it 0600)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:       # disk full, read-only folder: the old file stays
+        raise PeftlabError(f"{path}: cannot write it ({write_error(err)}); the previous file is unchanged") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_error(err: Exception) -> str:
+    """The reason of a failed write in a few words (ENOSPC: 'No space left on device')."""
+    return getattr(err, "strerror", None) or str(err).strip().splitlines()[-1][-120:] or type(err).__name__
 
 
 def read_json(path: Path) -> dict:
@@ -62,3 +78,44 @@ def read_torch_tensors(path: Path):
     except Exception as err:     # weights_only raises UnpicklingError (and others) on anything but tensors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PeftlabError(f"{path}: refused: not a file of tensors only ({first[:160]})") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(regular_file(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def regular_file(path: Path, folder: Path | None = None) -> Path:
+    """`path` if it is a regular file (not a FIFO, device or folder) and, when `folder` is given, does
+    not lead outside it through a symbolic link; else one line naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise PeftlabError(f"{path}: file not found")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise PeftlabError(f"{path}: not a regular file")
+    if folder is not None and path.is_symlink():
+        inside = Path(folder).resolve()
+        if inside not in path.resolve().parents:
+            raise PeftlabError(f"{path}: a symbolic link out of {folder} (to {path.resolve()}): refused")
+    return path
+
+
+def verify_digest(path: Path, expected: str | None, what: str) -> None:
+    """Refuse a file whose SHA-256 differs from the one recorded when it was written."""
+    if expected is not None and sha256_of(path) != expected:
+        raise PeftlabError(f"{path}: {what} changed since it was saved (SHA-256 differs): refused")
+
+
+def check_finite(tensors: dict, path: Path) -> None:
+    """Saved weights hold no NaN or infinity: such a file is damaged (or saved from a diverged run)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PeftlabError(f"{path}: tensor '{name}' holds NaN or infinite values")
+
+
+def content_digest(data) -> str:
+    """SHA-256 of a JSON-able value in one canonical spelling (what a config says, not how it is laid out)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

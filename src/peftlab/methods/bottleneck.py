@@ -26,6 +26,9 @@ NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
 NORMAL_INIT_STD = {"near_identity": 0.01, "bert": 0.02}
 
 
+MAX_LAYERS = 1000    # more layers than any model has: a typo, not a setting
+
+
 @dataclass
 class Bottleneck(LayeredConfig):
     reduction_factor: float = 16.0
@@ -53,8 +56,11 @@ class Bottleneck(LayeredConfig):
         check(self.mh_adapter or self.output_adapter,
               f"{type(self).__name__}: set mh_adapter and/or output_adapter, else nothing is placed")
         for name in ("drop_max_layers", "drop_inference_layers"):
-            check(getattr(self, name) >= 0,
-                  f"{type(self).__name__}.{name} (an AdapterDrop layer count) must be >= 0, got {getattr(self, name)}")
+            check(0 <= getattr(self, name) <= MAX_LAYERS,
+                  f"{type(self).__name__}.{name} (an AdapterDrop layer count) must be in 0..{MAX_LAYERS}, "
+                  f"got {getattr(self, name)}")
+        check(isinstance(self.scaling, str) or self.scaling != 0,
+              f"{type(self).__name__}.scaling 0 switches the adapter off; detach it instead")
         check(self.init_std is None or (self.init_std > 0 and self.init != "zero_up"),
               f"{type(self).__name__}.init_std sets the std of a normal init (near_identity, bert); "
               f"got {self.init_std} with init {self.init!r}")
@@ -220,6 +226,11 @@ def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity
         target.add_hook(target.model.register_forward_pre_hook, schedule.sample)
     placements = [(on, out_slot, in_slot) for on, out_slot, in_slot in
                   ((mh_adapter, "attn_block_out", "attn.q"), (output_adapter, "ffn_block_out", "ffn.in")) if on]
+    if drop_max_layers or drop_inference_layers:
+        every = LayerSelection(None, None, None, ())
+        depth = 1 + max((site.layer for site in target.sites(placements[0][1], every)), default=-1)
+        check(max(drop_max_layers, drop_inference_layers) <= depth,
+              f"AdapterDrop drops {max(drop_max_layers, drop_inference_layers)} layers but the model has {depth}")
     for _, out_slot, in_slot in placements:
         taps = _first_per_layer(target.sites(in_slot, selection)) if parallel else {}
         for site in target.sites(out_slot, selection):

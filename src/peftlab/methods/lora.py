@@ -24,6 +24,7 @@ class LoRA(LayeredConfig):
 
     def validate(self):
         check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
+        check(self.alpha is None or self.alpha != 0, "LoRA.alpha 0 scales the update to nothing; give a non-zero alpha")
         check(0.0 <= self.dropout < 1.0, f"LoRA.dropout must be in [0, 1), got {self.dropout}")
         check(bool(self.slots) or bool(self.target_modules), "LoRA needs slots or target_modules")
 

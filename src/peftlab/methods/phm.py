@@ -63,8 +63,8 @@ class PHMAdapter(Bottleneck):
         name = type(self).__name__
         check(self.phm_dim >= 1, f"{name}.phm_dim must be >= 1, got {self.phm_dim}")
         check(self.phm_rank >= 1, f"{name}.phm_rank must be >= 1, got {self.phm_rank}")
-        check(self.phm_init_range is None or self.phm_init_range > 0,
-              f"{name}.phm_init_range must be positive, got {self.phm_init_range}")
+        check(self.phm_init_range is None or 0 < self.phm_init_range <= 1,
+              f"{name}.phm_init_range must be in (0, 1] (a standard deviation of the rules), got {self.phm_init_range}")
         check(self.init == "near_identity", f"{name}.init {self.init!r} is not supported: PHM layers initialize "
                                             f"themselves (hypercomplex_nonlinearity, phm_c_init)")
 

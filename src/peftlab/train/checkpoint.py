@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import PeftlabError
+from ..files import check_finite, content_digest, regular_file, sha256_of, verify_digest, write_error
 
 WEIGHTS, STATE, OPTIMIZER = "trainable.safetensors", "trainer_state.json", "optimizer.pt"
+STATE_DIGEST = "peftlab_state_sha256"
 FAULT_ENV = "PEFTLAB_KILL_AT"
 
 
@@ -37,12 +39,12 @@ def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None,
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)      # a kill after the swap left a stale one
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / OPTIMIZER)
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    _sync(tmp)
+    try:
+        _write_files(tmp, weights, state, optimizer, scheduler)
+    except (OSError, SafetensorError) as err:   # disk full: the previous checkpoint stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PeftlabError(f"{tmp}: cannot write the checkpoint ({write_error(err)}); {directory} is "
+                           f"unchanged") from None
     fault_point("ckpt", int(state.get("step", 0)))   # test hook: a kill with the new one half-done
     if directory.exists():
         directory.rename(old)
@@ -50,6 +52,19 @@ def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None,
     _sync(directory.parent)
     if old.exists():
         _retire(old, keep_last, int(state.get("step", 0)))
+
+
+def _write_files(tmp: Path, weights: dict, state: dict, optimizer, scheduler) -> None:
+    # the weights vouch for the counters saved with them (a hand-edited step is refused on load)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / WEIGHTS),
+              metadata={STATE_DIGEST: content_digest(state)})
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp / OPTIMIZER)
+    # the state file vouches for the files beside it: a flipped bit or a deleted tensor is refused on load
+    digests = {name: sha256_of(tmp / name) for name in (WEIGHTS, OPTIMIZER) if (tmp / name).exists()}
+    (tmp / STATE).write_text(json.dumps({**state, "sha256": digests}, indent=1))
+    _sync(tmp)
 
 
 def _sibling(directory: Path, suffix: str) -> Path:
@@ -101,28 +116,48 @@ def load_weights(model, directory: Path) -> dict:
     directory = _recover(Path(directory))
     if not (directory / WEIGHTS).exists():
         raise PeftlabError(f"{directory}: no checkpoint here ({WEIGHTS} missing)")
+    if directory.is_symlink():
+        raise PeftlabError(f"{directory}: a symbolic link, not a checkpoint folder peftlab wrote: refused")
+    state = load_state(directory)
+    weights = regular_file(directory / WEIGHTS, directory)
+    verify_digest(weights, _digests(directory).get(WEIGHTS), "the checkpoint's weights")
     try:
-        tensors = load_file(str(directory / WEIGHTS))
+        tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise PeftlabError(f"{directory / WEIGHTS}: not a readable safetensors file ({err})") from None
+    check_finite(tensors, weights)
+    _check_state_digest(weights, state)
     params = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in params or params[name].shape != tensor.shape:
             raise PeftlabError(f"{directory / WEIGHTS}: tensor '{name}' does not fit this model")
         with torch.no_grad():
             params[name].copy_(tensor.to(params[name].dtype))
-    return load_state(directory)
+    return state
+
+
+def _check_state_digest(weights: Path, state: dict) -> None:
+    with safe_open(str(weights), framework="pt") as handle:
+        recorded = (handle.metadata() or {}).get(STATE_DIGEST)
+    if recorded is not None and recorded != content_digest(state):
+        raise PeftlabError(f"{weights.parent / STATE}: edited after the checkpoint was written (its digest in "
+                           f"{weights.name} differs): refused")
 
 
 def load_training_state(directory: Path, optimizer, scheduler) -> None:
     path = Path(directory) / OPTIMIZER
+    verify_digest(regular_file(path, directory), _digests(directory).get(OPTIMIZER), "the optimizer state")
     try:
         blob = torch.load(path, weights_only=True)
     except Exception as err:    # truncated or tampered: name the file, whatever torch's reason
         raise PeftlabError(f"{path}: cannot load the optimizer state ({type(err).__name__}: {err})") from None
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])
+    try:
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:   # another run's state, or damaged
+        raise PeftlabError(f"{path}: does not fit this run's optimizer ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def rng_state() -> dict:
@@ -147,11 +182,24 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def load_state(directory: Path) -> dict:
+    """The loop's counters saved with a checkpoint (without the file digests recorded beside them)."""
+    return {k: v for k, v in _read_state(directory).items() if k != "sha256"}
+
+
+def _digests(directory: Path) -> dict:
+    digests = _read_state(directory).get("sha256") or {}
+    return digests if isinstance(digests, dict) else {}
+
+
+def _read_state(directory: Path) -> dict:
     path = _recover(Path(directory)) / STATE
     try:
-        return json.loads(path.read_text())
+        state = json.loads(regular_file(path, directory).read_text())
     except (OSError, ValueError) as err:
         raise PeftlabError(f"{path}: cannot read the trainer state ({err})") from None
+    if not isinstance(state, dict):
+        raise PeftlabError(f"{path}: not a trainer state (expected a JSON object)")
+    return state
 
 
 def fault_point(phase: str, step: int) -> None:

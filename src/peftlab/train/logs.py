@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
 
 from .. import observe
+from ..errors import PeftlabError
+from ..files import write_error
 
 LOG, MIXING = "log.jsonl", "mixing_weights.jsonl"
 
@@ -27,8 +30,11 @@ class RunLog:
     def write(self, record: dict, file: str = LOG) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.run_dir / file, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:     # disk full: a torn last line at worst, which resume drops
+            raise PeftlabError(f"{self.run_dir / file}: cannot write the log ({write_error(err)})") from None
         if self.writer is not None and file == LOG:
             prefix = record.get("kind", "train")
             for key, value in record.items():
@@ -42,8 +48,7 @@ class RunLog:
         for file in (LOG, MIXING):
             path = self.run_dir / file
             if path.exists():
-                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= step]
+                kept = [json.dumps(r) for r in read_jsonl(path) if r.get("step", 0) <= step]
                 path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def close(self) -> None:
@@ -69,6 +74,21 @@ def observe_mixing(model, batch: dict) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a log; a torn line (a kill or a full disk during a write) is dropped with a
+    warning: the checkpoint, not the log, is what a resumed run continues from."""
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            warnings.warn(f"{path}:{number}: a torn log line (an interrupted write) is dropped")
+            continue
+        records.append(record)
+    return records
