@@ -442,3 +442,15 @@ def test_N7_the_head_starts_fresh_or_from_the_member_named(tmp_path):
     from safetensors.torch import load_file
     saved = load_file(f"{paths['a']}/peftlab_weights.safetensors")["base.classifier.weight"]
     torch.testing.assert_close(other.classifier.weight, saved)
+
+
+def test_A5_attn_learning_rate_does_not_apply_in_a_translated_attempt_file():
+    """run_seq2seq.py:425-440: G keeps the prompt's rate; the optimizer's eps becomes 1e-6."""
+    from peftlab.seeds import translate_mapping
+    from peftlab.train.schema import RunConfig
+    seed = {"model_name_or_path": "t5-base", "task_name": ["rte"], "do_train": True, "learning_rate": 0.3,
+            "attn_prefix_tuning": True, "attn_method": "sub", "load_prefix_embeddings": True,
+            "prompt_embedding_path": ["a.pt", "b.pt"], "attn_learning_rate": 0.1}
+    config = RunConfig.from_dict(translate_mapping(seed, "attempt/configs/x.json").config)
+    assert config.train.param_groups == () and config.train.learning_rate == 0.3
+    assert config.train.adam_epsilon == 1e-6 and config.method_config().compat == "attempt"

@@ -100,16 +100,18 @@ def test_sources_load_frozen_and_leave_with_the_mixer(tmp_path):
     assert list(after) == list(original) and all(torch.equal(after[k], v) for k, v in original.items())
 
 
-@pytest.mark.parametrize("name", ["rte_adapter", "mrpc_adapter", "weighted_sum_rte"])
+@pytest.mark.parametrize("name", ["single_rte", "single_mrpc", "multi_rte"])
 def test_the_shipped_multi_adapter_configs_are_valid(name):
+    """configs/multi_adapter/ is nlprunners' packaging/adapters.md, translated (docs/seed_configs.md)."""
     from peftlab.train.schema import load_run_config
     config = load_run_config(CONFIGS / f"{name}.yaml")
     method = config.method_config()
-    if name == "weighted_sum_rte":
+    if name == "multi_rte":
         assert isinstance(method, WeightedSumConfig) and method.adapters == ("rte", "mrpc")
         assert method.head_from is None   # the head starts fresh, as nlprunners' multi-adapter's
+        assert method.compat == "nlprunners"
     else:
-        assert method.method == "pfeiffer" and config.tasks == (name.split("_")[0],)
+        assert method.method == "houlsby" and config.tasks == (name.split("_")[1],)
 
 
 def test_the_runner_logs_weighted_sum_weights_and_plot_draws_one_png_per_layer(tmp_path):

@@ -75,7 +75,7 @@ def test_parameter_groups_get_their_own_learning_rate(tmp_path):
 
 
 def test_early_stopping_after_patience_evaluations(tmp_path):
-    config = tiny_run_config(tmp_path, train={"learning_rate": 0.0, "eval_steps": 1, "epochs": 3,
+    config = tiny_run_config(tmp_path, train={"learning_rate": 1e-12, "eval_steps": 1, "epochs": 3,
                                               "early_stopping_patience": 2})
     _, results = run(config)
     assert results["train"]["steps"] == 3 and results["best_step"] == 1     # 9 steps planned
@@ -280,3 +280,41 @@ def test_label_smoothing_is_the_smoothed_cross_entropy():
     smooth = -logp.mean(-1)[keep].sum()
     torch.testing.assert_close(loss_sum("causal", logits, labels, False, 0.1), 0.9 * nll + 0.1 * smooth)
     torch.testing.assert_close(loss_sum("causal", logits, labels, False), nll)
+
+
+def test_gradient_clipping_scales_a_known_gradient_to_the_norm():
+    from peftlab.train.optim import clip_gradients, gradient_norm
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    norm = gradient_norm([p])
+    assert float(norm) == 5.0
+    clip_gradients([p], 1.0, norm)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0]))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    clip_gradients([p], None, norm)                      # null: no clipping
+    torch.testing.assert_close(p.grad, torch.tensor([3.0, 4.0, 0.0]))
+
+
+def test_a_run_with_a_tight_clip_ends_elsewhere_than_without(tmp_path):
+    base = tiny_run_config(tmp_path, train={"eval_strategy": "no", "learning_rate": 1e-2})
+    run({**base, "output_dir": str(tmp_path / "free"), "train": {**base["train"], "max_grad_norm": None}})
+    run({**base, "output_dir": str(tmp_path / "tight"), "train": {**base["train"], "max_grad_norm": 1e-6}})
+    free, tight = weights(tmp_path / "free"), weights(tmp_path / "tight")
+    assert any(not torch.equal(free[k], tight[k]) for k in free)
+
+
+def test_a_diverging_loss_is_reported_and_a_non_finite_weight_is_never_checkpointed(tmp_path):
+    from peftlab.train.logs import read_jsonl
+    config = tiny_run_config(tmp_path, method={"method": "full"},
+                             train={"learning_rate": 50.0, "max_grad_norm": None, "eval_strategy": "no",
+                                    "max_steps": 6, "epochs": 3})
+    try:
+        _, results = run(config)
+        warned = results["warnings"]
+    except PeftlabError as err:               # or it blew up to inf/NaN: then stopped, last good finite
+        assert "stopped" in str(err)
+        warned = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r.get("kind") == "warning"]
+    assert warned, "a loss grown 100x its start must be reported"
+    last = tmp_path / "run" / "checkpoints" / "last" / "trainable.safetensors"
+    if last.exists():
+        assert all(torch.isfinite(t).all() for t in load_file(str(last)).values())

@@ -31,7 +31,37 @@ def write_task_files(root: Path, rows: dict = ROWS, seed: int = 0) -> Path:
         _glue(root / "glue", split, n, rng)
         _superglue(root / "superglue", split, n, rng)
         _e2e(root / "nlg" / "e2e", split, n, rng)
+        _others(root / "others", split, n, rng)
+        _webnlg(root / "nlg" / "webnlg_challenge_2017", split, n, rng)
     return root
+
+
+def _others(root: Path, split: str, n: int, rng) -> None:
+    """ATTEMPT's other tasks in their official formats (PAWS, WinoGrande, SciTail, Yelp polarity)."""
+    s = lambda: sentence(rng)  # noqa: E731
+    paws = "train.tsv" if split == "train" else "dev.tsv"
+    for name in ((paws, "test.tsv") if split != "train" else (paws,)):
+        _tsv(root / "paws" / name, ("id", "sentence1", "sentence2", "label"), [(i, s(), s(), i % 2) for i in range(n)])
+    wino = "train_xl.jsonl" if split == "train" else "dev.jsonl"
+    _jsonl(root / "winogrande" / wino, [{"qID": str(i), "sentence": s() + " _ " + s(), "option1": "a", "option2": "b",
+                                         "answer": str(1 + i % 2)} for i in range(n)])
+    for name in (("train",) if split == "train" else ("dev", "test")):
+        _tsv(root / "scitail" / f"scitail_1.0_{name}.tsv", None,
+             [(s(), s(), ("entails", "neutral")[i % 2]) for i in range(n)])
+    yelp = root / "yelp_polarity" / ("train.csv" if split == "train" else "test.csv")
+    yelp.parent.mkdir(parents=True, exist_ok=True)
+    yelp.write_text("".join(f'"{1 + i % 2}","{s()}"\n' for i in range(n)), encoding="utf-8")
+
+
+def _webnlg(root: Path, split: str, n: int, rng) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    entries = [{str(i + 1): {"category": "Airport", "size": "1", "xml_id": f"Id{i}",
+                             "modifiedtripleset": [{"subject": rng.choice(WORDS), "property": "near",
+                                                    "object": rng.choice(WORDS)}],
+                             "lexicalisations": [{"comment": "good", "lex": sentence(rng), "lid": "Id1"}]}}
+               for i in range(n)]
+    for name in (("train",) if split == "train" else ("dev", "test")):
+        (root / f"{name}.json").write_text(json.dumps({"entries": entries}), encoding="utf-8")
 
 
 def _tsv(path: Path, header, rows) -> None:

@@ -1,4 +1,4 @@
-"""`peftlab train | eval | predict | params | export | plot`. User errors print one line and exit 2."""
+"""`peftlab train | translate | eval | predict | params | export | plot`. User errors print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -42,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter"), p.add_argument("output")
     p.add_argument("--model", required=True, help="the base model's preset, dir or hub id")
     p.set_defaults(func=_export)
-    p = sub.add_parser("train", help="train from a config file")
-    p.add_argument("config"), p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p = sub.add_parser("train", help="train from a config file, a seed original, or `-- python SCRIPT ...`")
+    p.add_argument("config", nargs="?", help="peftlab YAML/JSON, or a seed code base's JSON, run script or .md")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
     p.set_defaults(func=_runner("train"))
+    p = sub.add_parser("translate", help="print the peftlab config of a seed original, key by key")
+    p.add_argument("config", nargs="?", help="a seed code base's JSON, run script (.sh) or .md; or `-- python ...`")
+    p.set_defaults(func=_runner("translate"))
     p = sub.add_parser("eval", help="evaluate a run's best checkpoint")
     p.add_argument("run_dir"), p.add_argument("--data"), p.add_argument("--task")
     p.set_defaults(func=_runner("eval"))
@@ -59,8 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def parse(argv) -> argparse.Namespace:
+    """`peftlab train|translate [ARGS] -- python SCRIPT ...`: what follows `--` is a seed command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command_line = None
+    if argv[:1] in (["train"], ["translate"]) and "--" in argv:
+        cut = argv.index("--")
+        argv, command_line = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if command_line is not None:
+        if not command_line:
+            build_parser().error("nothing after `--`: give the original command, e.g. -- python runscript.py ...")
+        if args.config is not None:   # with a command line, every positional is an override
+            args.overrides = [args.config, *getattr(args, "overrides", [])]
+            args.config = None
+    elif args.command in ("train", "translate") and args.config is None:
+        build_parser().error(f"{args.command}: give a config file, or `-- python SCRIPT ...`")
+    args.command_line = command_line
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     try:
         args.func(args)
     except PeftlabError as err:

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -19,12 +20,16 @@ from .average import average
 from .blocks import Average
 from .core import adapter_state, detach, pick, require
 from .errors import PeftlabError
-from .files import CONFIG_FILE, WEIGHTS_FILE, atomic_write, read_json, read_safetensors
+from .files import (CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_finite, content_digest, read_json,
+                    read_safetensors, regular_file, sha256_of, verify_digest)
 from .registry import config_from_dict
+from .released import is_model_p, nlprunners_source
 from .runtime import named_base_parameters
 from .state import controller_of
 
 FORMAT_VERSION = 1
+CONFIG_DIGEST = "peftlab_config_sha256"
+RUN_ADAPTER = Path("adapter") / "default"   # where a peftlab run folder keeps its adapter
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -105,11 +110,15 @@ def save(model: nn.Module, directory, name: str | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().to("cpu").contiguous().clone() for k, t in adapter_state(model, name).items()}
+    config = controller.adapters[name].config.to_dict()
     meta = {
         "format": "peftlab-adapter", "format_version": FORMAT_VERSION, "name": name,
-        "config": controller.adapters[name].config.to_dict(), "fingerprint": fingerprint(model),
+        "config": config, "fingerprint": fingerprint(model),
     }
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    # each file vouches for the other: the weights carry the config's digest, the config the weights'
+    written = {"format": "pt", CONFIG_DIGEST: content_digest(config)}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=written))
+    meta["sha256"] = {WEIGHTS_FILE: sha256_of(directory / WEIGHTS_FILE)}
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory
 
@@ -122,29 +131,58 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     a base whose other parameters differ, as long as the adapter's own tensors fit.
     """
     directory = Path(directory)
+    if directory.name == "model.p" and not directory.exists() and (directory.parent / RUN_ADAPTER).is_dir():
+        # nlprunners' adapter_weights.json names runscript.py's model.p; where peftlab ran the translated
+        # runscript.py, that folder is a peftlab run holding the same adapter (docs/seed_configs.md)
+        directory = directory.parent / RUN_ADAPTER
+    if is_model_p(directory):    # nlprunners' released model.p: a Houlsby adapter, its norms and head
+        config, tensors = nlprunners_source(directory)
+        return _attach_loaded(model, config_from_dict(config), tensors, name or "default", directory,
+                              trainable=trainable, activate=activate)
     if not (directory / CONFIG_FILE).exists() and (directory / "adapter_config.json").exists():
         raise PeftlabError(f"{directory}: an HF PEFT adapter directory; load it with pl.load (peftlab's "
                            f"top-level load reads both formats)")
-    meta = read_json(directory / CONFIG_FILE)
+    meta = read_json(regular_file(directory / CONFIG_FILE, directory))
     if meta.get("format") != "peftlab-adapter" or "config" not in meta:
         raise PeftlabError(f"{directory / CONFIG_FILE}: not a peftlab adapter config")
+    weights = regular_file(directory / WEIGHTS_FILE, directory)
+    verify_digest(weights, (meta.get("sha256") or {}).get(WEIGHTS_FILE), "the weights file")
+    _check_config_digest(weights, meta["config"])
     config = config_from_dict(meta["config"], strict=False)
     difference = fingerprint_difference(meta.get("fingerprint", {}), fingerprint(model))
     if difference and strict:
         raise PeftlabError(f"{directory}: adapter does not fit this base model: {difference}")
     if difference:
         warnings.warn(f"loading {directory} with strict=False although {difference}")
-    tensors = read_safetensors(directory / WEIGHTS_FILE)
+    tensors = read_safetensors(weights)
+    check_finite(tensors, weights)
     name = name or meta.get("name") or "default"
+    return _attach_loaded(model, config, tensors, name, directory / WEIGHTS_FILE, trainable=trainable,
+                          activate=activate)
+
+
+def _attach_loaded(model, config, tensors: dict, name: str, source, *, trainable: bool, activate: bool):
     attach(model, config, name, activate=activate, trainable=trainable)
     try:
-        copy_into(adapter_state(model, name), tensors, directory / WEIGHTS_FILE)
+        copy_into(adapter_state(model, name), tensors, source)
     except BaseException:
         detach(model, name)
         raise
     controller_of(model).adapters[name].loaded_base = {k[len("base."):]: v for k, v in tensors.items()
                                                       if k.startswith("base.")}
     return model
+
+
+def _check_config_digest(weights: Path, config: dict) -> None:
+    """The config the weights were saved with (recorded in their metadata since format 1 with digests)."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(CONFIG_DIGEST)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PeftlabError(f"{weights}: unreadable or truncated safetensors file ({err})") from None
+    if recorded is not None and recorded != content_digest(config):
+        raise PeftlabError(f"{weights.parent / CONFIG_FILE}: the config was edited after the weights were "
+                           f"saved (its digest differs from the one in {weights.name}): refused")
 
 
 @torch.no_grad()
@@ -159,5 +197,8 @@ def copy_into(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], 
         if tuple(tensors[key].shape) != tuple(tensor.shape):
             raise PeftlabError(f"{source}: tensor '{key}' has shape {list(tensors[key].shape)}, "
                                f"expected {list(tensor.shape)}")
+        if tensor.is_floating_point() and not tensors[key].is_floating_point():
+            raise PeftlabError(f"{source}: tensor '{key}' has dtype {tensors[key].dtype}, expected a "
+                               f"floating-point type")
     for key, tensor in state.items():
         tensor.copy_(tensors[key].to(tensor.dtype))

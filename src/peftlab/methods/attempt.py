@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from torch.nn import functional as F
 from .. import observe
 from ..config import MethodConfig, check
 from ..errors import PeftlabError
+from ..files import read_torch_tensors
 from ..calls import generating
 from ..prompting import PromptProvider
 from ..registry import register_method
@@ -53,6 +55,10 @@ class Attempt(MethodConfig):
     train_layer_norm: bool = False
     save_prompt_only: bool = False     # save only the target prompt(s); G starts fresh on load
     seed: int = 0
+    # start from a finished ATTEMPT run's files (its load_attention / layer_norm_dir / eval_seq2seq inputs):
+    attn_init: tuple[str, ...] = ()    # (W_down .pt, W_up .pt): torch-saved (attn_hidden, d) and (d, attn_hidden)
+    layer_norm_init: str | None = None  # a folder with layer_norm_weight.pt and layer_norm_bias.pt (kept frozen)
+    target_files: tuple[str, ...] = ()  # the target prompt(s) (.pt, one per task in multi-task mode)
     compat_choices = ("attempt",)
 
     def validate(self):
@@ -69,6 +75,10 @@ class Attempt(MethodConfig):
               f"Attempt.temperature must be > 0, got {self.temperature}")
         check(self.attn_hidden >= 1, f"Attempt.attn_hidden must be >= 1, got {self.attn_hidden}")
         check(len(set(self.tasks)) == len(self.tasks), f"Attempt.tasks has duplicates: {list(self.tasks)}")
+        check(len(self.attn_init) in (0, 2), f"Attempt.attn_init names W_down and W_up files (2), got "
+                                             f"{len(self.attn_init)}")
+        check(len(self.target_files) in (0, 1, max(len(self.tasks), 1)),
+              f"Attempt.target_files: give one file, or one per task ({len(self.tasks)}), got {len(self.target_files)}")
 
 
 def masked_max_pool(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,6 +100,9 @@ class AttemptPrompt(PromptProvider):
         for linear in (self.down, self.up):   # ATTEMPT modeling_t5.py:867-871 (_init_weights on nn.Linear)
             nn.init.normal_(linear.weight, std=0.01)
         self.norm = nn.LayerNorm(d, elementwise_affine=train_layer_norm)   # frozen = its identity affine
+        # a frozen affine read from `layer_norm_init` at attach (not saved: re-read, like the sources)
+        self.register_buffer("norm_scale", None, persistent=False)
+        self.register_buffer("norm_shift", None, persistent=False)
         self.temperature, self.task_names, self.labels = temperature, task_names, [*source_names, "target"]
         # compat="attempt": (the model's input embeddings, pad id): E[pad] joins the pool. A plain reference,
         # not a submodule (the model owns it); a deepcopy of the model copies it with the model.
@@ -119,6 +132,8 @@ class AttemptPrompt(PromptProvider):
             embed, pad = self.pad_source
             pooled = torch.maximum(pooled, embed.weight[pad].float().to(pooled.device))
         h = self.norm(self.up(F.silu(self.down(pooled))))
+        if self.norm_scale is not None:
+            h = h * self.norm_scale + self.norm_shift
         pooled_sources = self.sources.amax(dim=1)                      # (t, d)
         scores = torch.cat([h @ pooled_sources.T, (target.amax(dim=1) * h).sum(-1, keepdim=True)], dim=-1)
         return target, torch.softmax(scores / self.temperature, dim=-1)
@@ -168,8 +183,38 @@ def _pad_source(target):
     return target.model.get_input_embeddings(), pad
 
 
+def _read_tensor(path, shape: tuple, what: str) -> torch.Tensor:
+    loaded = read_torch_tensors(path)
+    if isinstance(loaded, dict) and len(loaded) == 1:
+        loaded = next(iter(loaded.values()))
+    check(torch.is_tensor(loaded) and tuple(loaded.shape) == shape,
+          f"{path}: {what} must be one tensor of shape {list(shape)}, got "
+          f"{list(loaded.shape) if torch.is_tensor(loaded) else type(loaded).__name__}")
+    return loaded.detach().float()
+
+
+def _start_from_files(provider, attn_init, layer_norm_init, target_files) -> None:
+    """An ATTEMPT run's own files: G (run_seq2seq.py:205-206, modeling_t5.py:1786-1791), the frozen
+    LayerNorm (modeling_t5.py:1780-1784) and the target prompt(s) (eval_seq2seq.py: prefix_embeddings_*.pt)."""
+    d, hidden = provider.up.weight.shape
+    with torch.no_grad():
+        if attn_init:
+            provider.down.weight.copy_(_read_tensor(attn_init[0], (hidden, d), "W_down"))
+            provider.up.weight.copy_(_read_tensor(attn_init[1], (d, hidden), "W_up"))
+        if layer_norm_init:
+            folder = Path(layer_norm_init)
+            provider.norm_scale = _read_tensor(folder / "layer_norm_weight.pt", (d,), "the LayerNorm weight")
+            provider.norm_shift = _read_tensor(folder / "layer_norm_bias.pt", (d,), "the LayerNorm bias")
+        shape = tuple(provider.targets.shape[1:])
+        for task, path in enumerate(target_files):
+            prompt = _read_tensor(path, shape, "a target prompt")
+            rows = slice(None) if len(target_files) == 1 else slice(task, task + 1)
+            provider.targets[rows] = prompt
+
+
 def build_attempt(target, *, sources, num_sources, length, temperature, target_init, tasks, attn_hidden,
-                  train_layer_norm, save_prompt_only, seed, compat):
+                  train_layer_norm, save_prompt_only, seed, compat, attn_init=(), layer_norm_init=None,
+                  target_files=()):
     if sources:
         stacked = load_sources(target, sources)
         check(length in (None, stacked.shape[1]),
@@ -184,6 +229,7 @@ def build_attempt(target, *, sources, num_sources, length, temperature, target_i
     provider = AttemptPrompt(stacked, targets, temperature or default_temperature, attn_hidden, train_layer_norm,
                              tuple(tasks), names)
     provider.adapter_name = target.name
+    _start_from_files(provider, attn_init, layer_norm_init, target_files)
     if compat == "attempt":
         provider.__dict__["pad_source"] = _pad_source(target)
     if save_prompt_only:

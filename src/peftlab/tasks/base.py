@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
+import torch
+
 from ..errors import PeftlabError
 from .readers import Row
 
@@ -46,6 +48,7 @@ class Task:
     large: bool = False               # the official training set has >= 10K rows
     hub: tuple[str, str | None] = ("", None)   # (dataset path, config) for `datasets`
     aliases: tuple[str, ...] = ()
+    prefix: bool | str = True         # sources start with the task name, this text, or nothing (False)
 
     @property
     def num_labels(self) -> int:
@@ -60,7 +63,8 @@ class Task:
                            f"(expected one of {', '.join(map(str, self.labels))})")
 
     def source_text(self, example: Example) -> str:
-        return " ".join([self.name] + [f"{k}: {example.fields[k]}" for k in self.keys])
+        head = [self.prefix] if isinstance(self.prefix, str) else [self.name] if self.prefix else []
+        return " ".join(head + [f"{k}: {example.fields[k]}" for k in self.keys])
 
     def target_text(self, example: Example) -> str:
         if self.kind == "regression":
@@ -112,6 +116,30 @@ def paper_splits(task: Task, train: list[Example], dev: list[Example]) -> dict[s
     if not validation or not test:
         raise PeftlabError(f"{task.name}: validation set of {len(dev)} rows is too small to split in half")
     return {"train": train, "validation": validation, "test": test}
+
+
+# compacter seq2seq/data/tasks.py:28-31 and ATTEMPT attempt/data/tasks.py:29-33 (peftlab's task names)
+SEQ2SEQ_SMALL = ("cola", "wnli", "rte", "cb", "copa", "multirc", "wic", "wsc", "superglue-rte", "mrpc", "stsb",
+                 "boolq", "scitail")
+SEQ2SEQ_LARGE = ("qqp", "qnli", "record", "sst2", "yelp_polarity", "winogrande")
+
+
+def seq2seq_splits(task: Task, train: list[Example], dev: list[Example], seed: int = SPLIT_SEED) -> dict:
+    """The seeds' `split_validation_test`: a small task's validation set is permuted with
+    torch.randperm(seeded 42) and halved (validation, test); a large task's training set is permuted and
+    its first 1,000 rows become validation, the official validation set the test; any other task keeps
+    its official splits (MNLI: validation mismatched, test matched, read by the caller). Rows, not
+    groups: the code splits MultiRC by rows (data/tasks.py:95-118)."""
+    generator = torch.Generator().manual_seed(seed)
+    if task.name in SEQ2SEQ_SMALL:
+        order = torch.randperm(len(dev), generator=generator).tolist()
+        half = len(dev) // 2
+        return {"train": train, "validation": [dev[i] for i in order[:half]], "test": [dev[i] for i in order[half:]]}
+    if task.name in SEQ2SEQ_LARGE:
+        order = torch.randperm(len(train), generator=generator).tolist()
+        return {"train": [train[i] for i in order[HELD_OUT:]], "validation": [train[i] for i in order[:HELD_OUT]],
+                "test": dev}
+    return {"train": train, "validation": dev, "test": dev}
 
 
 def _groups(rows: list[Example]) -> dict:

@@ -64,7 +64,7 @@ GLUE_TASKS = [
           "score", "regression", ("pearson", "spearman"), aliases=("sts-b",)),
     _task("mnli", "MNLI", ("premise", "hypothesis"), {"premise": "sentence1", "hypothesis": "sentence2"},
           "gold_label", "classification", ("accuracy",), labels=("entailment", "neutral", "contradiction"),
-          large=True, dev="dev_matched.tsv"),
+          large=True, dev="dev_matched.tsv", aliases=("multi_nli",)),    # ATTEMPT's TASK_MAPPING name
     _task("qnli", "QNLI", ("question", "sentence"), {"question": "question", "sentence": "sentence"},
           "label", "classification", ("accuracy",), labels=("entailment", "not_entailment"), large=True),
     _task("rte", "RTE", ("sentence1", "sentence2"), {"sentence1": "sentence1", "sentence2": "sentence2"},

@@ -16,8 +16,14 @@ _RENAME = {
     "stsb": {"label": "score"},
     "mnli": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
     "e2e": {"meaning_representation": "mr", "human_reference": "ref"},
+    "scitail": {"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},   # snli_format
 }
-_HUB_SPLIT = {"train": "train", "validation": "validation"}
+_HUB_SPLIT = {"train": "train", "validation": "validation", "validation_mismatched": "validation_mismatched",
+              "test": "test"}
+# hub split names where a task's differ: yelp_polarity has only train and test (its validation file is
+# test.csv); web_nlg names its validation split "dev"
+_TASK_SPLIT = {"mnli": {"validation": "validation_matched"}, "yelp_polarity": {"validation": "test"},
+               "webnlg": {"validation": "dev"}}
 
 
 def read_hub_split(task: Task, split: str) -> list[Example]:
@@ -27,7 +33,7 @@ def read_hub_split(task: Task, split: str) -> list[Example]:
         raise PeftlabError(f"task {task.name}: no data.dir given and the 'datasets' package is not "
                            f"installed (pip install datasets, or set data.dir to the task files)") from None
     path, name = task.hub
-    hub_split = "validation_matched" if task.name == "mnli" and split == "validation" else _HUB_SPLIT[split]
+    hub_split = _TASK_SPLIT.get(task.name, {}).get(split, _HUB_SPLIT[split])
     try:
         rows = datasets.load_dataset(path, name, split=hub_split)
     except Exception as err:  # network, unknown dataset: report it as a user-facing one-liner

@@ -1,4 +1,4 @@
-"""Readers for the official release formats: TSV (GLUE), JSON lines (SuperGLUE), CSV (E2E).
+"""Readers for the official release formats: TSV (GLUE), JSON lines (SuperGLUE), CSV (E2E, Yelp).
 
 Every reader yields `(line_number, row)` so that a bad row can be reported by file and line, and every
 problem with a file (missing, not UTF-8, a missing column, a short row, no rows at all) raises a
@@ -79,9 +79,10 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[Row]:
     return _non_empty(path, rows)
 
 
-def read_csv(path: Path, required: tuple[str, ...] = ()) -> list[Row]:
-    """A CSV file with a header line (E2E); quoted fields may hold commas and newlines."""
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+def read_csv(path: Path, required: tuple[str, ...] = (), columns: tuple[str, ...] | None = None) -> list[Row]:
+    """A CSV file with a header line (E2E), or without one when `columns` names the fields by position
+    (Yelp polarity); quoted fields may hold commas and newlines."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), fieldnames=list(columns) if columns else None)
     _require_columns(path, [c.strip() for c in reader.fieldnames or []], required)
     rows = []
     try:

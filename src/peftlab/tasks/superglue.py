@@ -90,7 +90,8 @@ SUPERGLUE_TASKS = [
     _task("wic", "WiC", ("sentence1", "sentence2", "word"), ("accuracy",),
           required=("sentence1", "sentence2", "word", "label")),
     _task("wsc", "WSC", ("text",), ("accuracy",), convert=wsc, required=("text", "target", "label"),
-          hub_name="wsc.fixed"),
+          hub_name="wsc.fixed",     # ATTEMPT and Compacter name it by its hub config: superglue-wsc.fixed
+          aliases=("superglue-wsc", "superglue-wsc.fixed", "wsc.fixed")),
     _task("superglue-rte", "RTE", ("premise", "hypothesis"), ("accuracy",),
           labels=("entailment", "not_entailment"), required=("premise", "hypothesis", "label"), hub_name="rte",
           aliases=()),     # named "superglue-rte" itself: plain "rte" is GLUE's

@@ -15,18 +15,33 @@ from .loop import Trainer
 from .modeling import build_model, uses_task_ids
 from .plots import plot_run
 from .report import averages, table
-from .schema import RunConfig, load_run_config
+from ..seeds import translate
+from .schema import RunConfig, load_run_configs
 
 
 def cli_train(args) -> dict | None:
-    config = load_run_config(args.config, getattr(args, "overrides", ()))
-    trainer = Trainer(config, resume=getattr(args, "resume", False))
-    results = trainer.run()
-    if results is not None:
-        plot_run(config.output_dir)
-        print(table(results))
-        print(f"results: {Path(config.output_dir) / 'results.json'}, report: {Path(config.output_dir) / 'report.md'}")
+    """Train every run the config names (a run script may hold several), each checked before any
+    starts; returns the last run's results."""
+    configs = load_run_configs(getattr(args, "config", None), getattr(args, "overrides", ()),
+                               getattr(args, "command_line", None))
+    results = None
+    for index, config in enumerate(configs, start=1):
+        if len(configs) > 1:
+            print(f"run {index} of {len(configs)}: {config.output_dir}")
+        trainer = Trainer(config, resume=getattr(args, "resume", False))
+        results = trainer.run()
+        if results is not None:
+            plot_run(config.output_dir)
+            print(table(results))
+            print(f"results: {Path(config.output_dir) / 'results.json'}, report: {Path(config.output_dir) / 'report.md'}")
     return results
+
+
+def cli_translate(args) -> list[str]:
+    """Print the peftlab YAML of a seed original, each line commented with the key it came from."""
+    texts = [t.to_yaml() for t in translate(getattr(args, "config", None), argv=getattr(args, "command_line", None))]
+    print("---\n".join(texts), end="")
+    return texts
 
 
 def load_run(run_dir):
@@ -35,7 +50,7 @@ def load_run(run_dir):
     if not (run_dir / "config.json").exists():
         raise PeftlabError(f"{run_dir}: not a run directory (no config.json)")
     config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    tasks = [get_task(t) for t in config.tasks]
+    tasks = config.task_list()
     model, tokenizer, kind = build_model(config, tasks)
     best = run_dir / "checkpoints" / "best"
     load_weights(model, best if best.exists() else run_dir / "checkpoints" / "last")
@@ -47,11 +62,12 @@ def _pick_task(tasks, name):
         if len(tasks) > 1:
             raise PeftlabError(f"this run trained {[t.name for t in tasks]}: name one with --task")
         return 0, tasks[0]
-    task = get_task(name)
+    wanted = get_task(name).name
     names = [t.name for t in tasks]
-    if task.name not in names:
+    if wanted not in names:
         raise PeftlabError(f"task '{name}' was not trained in this run (trained: {', '.join(names)})")
-    return names.index(task.name), task
+    index = names.index(wanted)
+    return index, tasks[index]
 
 
 def cli_eval(args) -> dict:

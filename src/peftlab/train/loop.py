@@ -6,6 +6,7 @@ main process alone evaluates, writes logs and checkpoints, and broadcasts its de
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import peftlab as pl
 
 from ..core import base_parameter_count
 from ..errors import PeftlabError
-from ..tasks import average, get_task, load_splits
+from ..tasks import average, load_splits
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
 from .batches import batches_per_epoch, epoch_batches, shard
@@ -29,14 +30,24 @@ from .data import collate, encode, label_count
 from .evaluate import evaluate
 from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids
-from .optim import build_optimizer, loss_sum
+from .optim import build_optimizer, clip_gradients, gradient_norm, loss_sum
 from .progress import Progress
 from .report import averages, write_report
 from .rundir import RunFolder
-from .schema import RunConfig
+from .schema import RunConfig, check_resumable
 
+DIVERGING = 100           # a loss this many times its start is reported as diverging
 FRESH_STATE = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
                "bad_evals": 0, "examples": 0, "last_loss": None, "train_loss": None}
+
+
+def mixed_precision(name: str) -> str:
+    """Accelerate's setting: fp16 needs a GPU (CPU autocast has no float16 path): on a CPU it runs as
+    bf16, which the run's log says."""
+    if name == "fp16" and not torch.cuda.is_available():
+        logging.getLogger("peftlab").warning("train.precision fp16 needs a GPU: running as bf16 on this CPU")
+        return "bf16"
+    return {"fp32": "no"}.get(name, name)
 
 
 class Trainer:
@@ -46,7 +57,7 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         if config.train.keep_freed_memory:
             keep_freed_memory()
-        precision = "bf16" if config.train.precision == "bf16" else "no"
+        precision = mixed_precision(config.train.precision)
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=config.adapters == "per_task")]
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             # Accelerate keeps one global state per process; a second run in the same process (tests,
@@ -60,7 +71,9 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.folder = RunFolder(config.output_dir)
         self.folder.check(resume, config.overwrite)     # refuse early; nothing is written before setup
-        self.tasks = [get_task(t) for t in config.tasks]
+        if resume:
+            check_resumable(self.run_dir / "config.json", config)
+        self.tasks = config.task_list()
         self.splits = [load_splits(t, config.data.dir, config.data.splits, config.data.max_train_samples,
                                    config.data.max_eval_samples) for t in self.tasks]
         set_seed(config.train.seed)
@@ -93,13 +106,17 @@ class Trainer:
         that started). The main process takes and locks it; the others wait."""
         if self.main:
             self.folder.take(self.resume, self.config.overwrite)
-            if not self.resume:
-                (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            # on resume only keys safe to change may differ (check_resumable): record them as now run
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()
 
     def _restore(self) -> None:
         last = self.run_dir / "checkpoints" / "last"
-        self.state = ckpt.load_weights(self.model, last)
+        state = ckpt.load_weights(self.model, last)
+        missing = [key for key in FRESH_STATE if key not in state]
+        if missing:
+            raise PeftlabError(f"{last / ckpt.STATE}: not a complete trainer state (no '{missing[0]}')")
+        self.state = state
         ckpt.load_training_state(last, self.optimizer, self.scheduler)
         self.log.truncate_after(self.state["step"])
 
@@ -172,13 +189,12 @@ class Trainer:
         step = self.state["step"] + 1
         if not math.isfinite(float(total)):     # stop before the optimizer spoils the weights
             self._stop(f"loss is {float(total) / max(denominator, 1)}", step)
-        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        trained = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        norm = gradient_norm(trained)
         if not torch.isfinite(norm):
             self._stop(self._first_non_finite_gradient(), step)
         ckpt.fault_point("step", step)           # test hook: a kill in the middle of a step
-        if self.config.train.max_grad_norm and grads:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.config.train.max_grad_norm, norm)
+        clip_gradients(trained, self.config.train.max_grad_norm, norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,11 +250,23 @@ class Trainer:
                   "examples_per_s": rate}
         self.state["train_loss"] = record["loss"]   # the smoothed loss the log shows, for the report
         self.log.write(record)
+        self._warn_if_diverging(record["loss"])
         if self.main and self.probe_mixing:
             seen = observe_mixing(self.model, self._probe_batch())
             if seen:
                 self.log.write({"step": self.state["step"], "series": seen}, MIXING)
             self.probe_mixing = bool(seen)
+
+    def _warn_if_diverging(self, loss: float) -> None:
+        """A loss grown past DIVERGING times its first logged value: say so (log, console, report)."""
+        start = self.state.setdefault("first_loss", loss)
+        warned = self.state.setdefault("warnings", [])
+        if start > 0 and loss > DIVERGING * start and not warned:
+            message = (f"the training loss {loss:.4g} is over {DIVERGING}x its start {start:.4g} at step "
+                       f"{self.state['step']}: diverging? try a lower learning rate")
+            warned.append(message)
+            self.log.write({"kind": "warning", "step": self.state["step"], "message": message})
+            logging.getLogger("peftlab").warning(message)
 
     def _probe_batch(self) -> dict:
         """A few validation rows per task, for observing mixing weights on a fixed input."""
@@ -288,7 +316,8 @@ class Trainer:
 
     def _record_evaluation(self) -> bool:
         scores = self.evaluate_split("validation")
-        score = sum(average(m) for m in scores.values()) / len(scores)
+        chosen = self.config.train.select_on
+        score = average(scores[chosen]) if chosen else sum(average(m) for m in scores.values()) / len(scores)
         record = {"kind": "eval", "step": self.state["step"], "epoch": self._epochs_done(), "average": score}
         record.update({f"{task}/{name}": value for task, m in scores.items() for name, value in m.items()})
         self.log.write(record)
@@ -307,6 +336,9 @@ class Trainer:
         if not self.main:
             return
         weights = trainable_state(self.model)
+        bad = next((n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:     # never replace a good checkpoint with a diverged one
+            self._stop(f"parameter '{bad}' is not finite", self.state["step"])
         root = self.run_dir / "checkpoints"
         # best before last: a kill in between resumes from the previous `last`, which redoes (and
         # rewrites identically) this best; the other order could leave a state naming a best not on disk
@@ -322,7 +354,7 @@ class Trainer:
         """Train, then evaluate the best checkpoint on validation and test (eval_strategy: no, the final
         weights on test only); write results and report."""
         try:
-            summary = self.fit()
+            summary = self.fit() if self.config.do_train else self.skip_training()
             results = None
             if self.main:
                 if self.state["best_step"] is not None:
@@ -333,6 +365,13 @@ class Trainer:
             self.log.close()
             self.folder.release()
         return results
+
+    def skip_training(self) -> dict:
+        """do_train: false (the seeds' evaluation-only configs): save the model as built, train nothing."""
+        self._save(best=False, final=True)
+        self.accelerator.wait_for_everyone()
+        return {"steps": 0, "epochs": 0.0, "final_loss": None, "last_batch_loss": None, "wall_s": 0.0,
+                "trained": False}
 
     def _results(self, summary: dict) -> dict:
         per_task: dict = {t.name: {} for t in self.tasks}
@@ -347,7 +386,8 @@ class Trainer:
         results = {"tasks": per_task, "average": averages(per_task), "model": self.config.model.name,
                    "method": self.config.method.get("method"), "trainable": trainable, "total": total,
                    "base": base_parameter_count(self.model), "best_step": self.state["best_step"],
-                   "train": summary, "processes": self.accelerator.num_processes}
+                   "train": summary, "processes": self.accelerator.num_processes,
+                   "warnings": list(self.state.get("warnings", []))}
         write_report(self.run_dir, results)
         return results
 

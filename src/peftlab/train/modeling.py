@@ -14,11 +14,14 @@ from ..core import adapter_state
 from ..errors import PeftlabError
 from ..files import WEIGHTS_FILE, read_safetensors
 from ..io import copy_into
-from ..models import gguf_parsed_once, load_pretrained, model_source
+from ..models import build_from_config, gguf_parsed_once, load_config, load_pretrained, model_source
 from ..tasks import Task
 from .schema import RunConfig
 
 DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neo", "gptj", "opt")
+# the names transformers' configs give their hidden and attention dropout (GPT-2, BERT/RoBERTa, T5, BART)
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "dropout_rate", "dropout", "attention_dropout")
 TASK_ID_FIELDS = ("task_names", "tasks", "num_tasks")   # a method that routes by task id has one of these
 
 
@@ -55,12 +58,30 @@ def build_model(config: RunConfig, tasks: list[Task]):
     return model, tokenizer, kind
 
 
+HEADS = {"classification": tf.AutoModelForSequenceClassification, "seq2seq": tf.AutoModelForSeq2SeqLM,
+         "causal": tf.AutoModelForCausalLM}
+
+
+def count_run(config: RunConfig) -> tuple[int, int]:
+    """(trainable, total) parameters of the run's model with its method attached, built from the model's
+    config on the meta device: no weights are read or allocated (docs/seed_configs.md counts)."""
+    tasks = config.task_list()
+    hf_config = load_config(config.model.name)      # a preset's config where there is one: no download
+    kind = model_kind(config, hf_config)
+    if kind == "classification":
+        hf_config.num_labels = tasks[0].num_labels
+    model = build_from_config(hf_config, HEADS[kind], meta=True)
+    if config.model.resize_vocab is not None:
+        model.resize_token_embeddings(config.model.resize_vocab, mean_resizing=False)
+    attach_method(model, config, tasks)
+    return pl.trainable_parameters(model)
+
+
 def _load_base(config: RunConfig, tasks: list[Task]):
     """(model, tokenizer, kind): the pretrained model with the head the run's kind needs."""
     hf_config = hf_config_of(config.model.name)
     kind = model_kind(config, hf_config)
-    heads = {"classification": tf.AutoModelForSequenceClassification, "seq2seq": tf.AutoModelForSeq2SeqLM,
-             "causal": tf.AutoModelForCausalLM}
+    heads = HEADS
     kwargs = {}
     if kind == "classification":
         if len(tasks) > 1:     # one classification head cannot serve several label sets
@@ -69,8 +90,14 @@ def _load_base(config: RunConfig, tasks: list[Task]):
         kwargs["num_labels"] = tasks[0].num_labels
         kwargs["problem_type"] = ("regression" if tasks[0].kind == "regression"
                                   else "single_label_classification")
+    if config.model.dropout is not None:
+        kwargs.update({key: config.model.dropout for key in DROPOUT_KEYS if hasattr(hf_config, key)})
     with _quiet_transformers():
         model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
+    if config.model.resize_vocab is not None:
+        # the seeds resize T5's 32,128 rows to len(tokenizer) = 32,100 (compacter run_seq2seq.py:343)
+        # new rows N(0, initializer_range²) as the seeds' transformers 4.x drew them (no mean resizing)
+        model.resize_token_embeddings(config.model.resize_vocab, mean_resizing=False)
     return model, tokenizer, kind
 
 

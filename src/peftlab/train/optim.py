@@ -10,7 +10,7 @@ import re
 
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_polynomial_decay_schedule_with_warmup
 
 from .data import IGNORE
 from .schema import TrainSection
@@ -58,10 +58,37 @@ def adamw(params, lr: float, **kwargs) -> torch.optim.AdamW:
 
 
 def build_optimizer(model, train: TrainSection, total_steps: int):
-    optimizer = adamw(param_groups(model, train), lr=train.learning_rate)
-    warmup = train.warmup_steps or int(train.warmup_ratio * total_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-    return optimizer, scheduler
+    optimizer = adamw(param_groups(model, train), lr=train.learning_rate, betas=tuple(train.adam_betas),
+                      eps=train.adam_epsilon)
+    return optimizer, build_schedule(optimizer, train, total_steps)
+
+
+def build_schedule(optimizer, train: TrainSection, total_steps: int):
+    """Linear warmup, then: linear decay to `lr_end` at the last step ("linear"); the same decay over
+    `total_steps` counted from the end of the warmup, so it ends above lr_end ("linear_from_warmup": the
+    ignite schedule of kernel-adapters' NLG train.py:500-510); or no decay ("constant")."""
+    total = max(total_steps, 1)
+    warmup = train.warmup_steps or int(train.warmup_ratio * total)
+    if train.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    horizon = total + warmup if train.schedule == "linear_from_warmup" else total
+    # HF's polynomial schedule (power 1 = linear) reads lr_end against train.learning_rate; a group with
+    # its own rate ends at the same fraction of it, as in the reference trainers
+    return get_polynomial_decay_schedule_with_warmup(optimizer, warmup, horizon, lr_end=train.lr_end, power=1.0)
+
+
+def gradient_norm(parameters: list) -> torch.Tensor:
+    """The L2 norm of the parameters' gradients together (0 with none)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def clip_gradients(parameters: list, max_norm: float | None, norm: torch.Tensor) -> None:
+    """Scale the gradients in place so that their norm is at most `max_norm` (none: no clipping).
+    torch's clip_grads_with_norm_ takes the *parameters* (it reads and writes `.grad`): given gradient
+    tensors it finds no `.grad` on them and changes nothing."""
+    if max_norm and parameters:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
 
 
 def loss_sum(kind: str, logits: torch.Tensor, labels: torch.Tensor, regression: bool,

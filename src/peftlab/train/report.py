@@ -53,7 +53,8 @@ def write_report(run_dir: Path, results: dict) -> None:
              f"final train loss: {_number(train.get('final_loss'))} (mean over the last logging window, "
              f"as in log.jsonl; last batch: {_number(train.get('last_batch_loss'))})",
              f"- wall time: {train.get('wall_s', 0):.1f} s, {train.get('examples_per_s', 0):.1f} examples/s",
-             _weights_line(results.get("best_step")), "",
+             _weights_line(results.get("best_step")),
+             *[f"- **warning**: {w}" for w in results.get("warnings", [])], "",
              "## Results", "", table(results, markdown=True), "",
              "Plots: `peftlab plot RUN_DIR` writes `plots/*.png` (loss, metrics, mixing weights).", ""]
     (run_dir / "report.md").write_text("\n".join(lines))

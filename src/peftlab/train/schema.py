@@ -2,7 +2,7 @@
 
 A config file (JSON or YAML) is a mapping with the sections below; unknown keys raise an error naming
 the key and the closest valid one. The seeds' own flat configs (Compacter, ATTEMPT) are translated
-first (see `seeds.py`). Dotted `key=value` overrides are applied to the mapping before validation.
+first (see the `peftlab.seeds` package). Dotted `key=value` overrides are applied to the mapping before validation.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 import json
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ from ..errors import PeftlabError
 from ..registry import config_from_dict
 from ..tasks import get_task
 from ..tasks.readers import read_text
-from .seeds import translate_if_seed
+from .. import seeds
+from .yaml_config import yaml_load
 
 
 @dataclass
@@ -86,20 +87,27 @@ class ModelSection(Section):
     tokenizer: str | None = None          # default: the model's own
     max_length: int = 128                 # source tokens (the seeds' max_source_length)
     max_target_length: int = 16           # target tokens, and the generation budget at evaluation
+    resize_vocab: int | None = None       # embedding rows after loading (the seeds' T5: len(tokenizer) 32,100)
+    dropout: float | None = None          # the base model's hidden and attention dropout; None: its config's
 
     def check(self):
         require(self.max_length > 0 and self.max_target_length > 0, "model: lengths must be positive")
+        require(self.resize_vocab is None or self.resize_vocab > 0,
+                f"model.resize_vocab must be positive, got {self.resize_vocab}")
+        require(self.dropout is None or 0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
 class DataSection(Section):
     dir: str | None = None                # local task files; None: the hub through `datasets`
-    splits: Literal["paper", "official"] = "paper"
+    splits: Literal["paper", "official", "seq2seq"] = "paper"   # seq2seq: the seeds' split_validation_test
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     sampling: Literal["proportional", "temperature"] = "proportional"
     temperature: float = 1.0              # T in p_i ~ n_i^(1/T) (ATTEMPT, Compacter's multitask sampler)
     mixing: Literal["mixed", "per_task"] = "mixed"   # mixed-task batches, or one task per batch
+    task_prefix: bool = True              # text-to-text sources start with the task name (DESIGN §5)
+    prefixes: dict = field(default_factory=dict)   # task -> the prefix text, where not the task's name
 
     def check(self):
         require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
@@ -128,12 +136,17 @@ class TrainSection(Section):
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
     label_smoothing: float = 0.0          # on the training loss (HF's label_smoothing_factor; kernel-adapters)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # fp16 needs a GPU; on a CPU it runs as bf16
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_epsilon: float = 1e-8
+    schedule: Literal["linear", "linear_from_warmup", "constant"] = "linear"
+    lr_end: float = 0.0                   # where the linear decay ends (HF's polynomial decay, power 1)
     seed: int = 42
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int = 500
     log_steps: int = 10
     early_stopping_patience: int | None = None   # evaluations without improvement before stopping
+    select_on: str | None = None          # a task whose validation metric alone picks the best checkpoint
     param_groups: tuple[dict, ...] = ()   # [{pattern, learning_rate, weight_decay}]: first match wins
     tensorboard: bool = True
     progress_bar: bool = True
@@ -154,10 +167,27 @@ class TrainSection(Section):
         require(self.eval_steps > 0 and self.log_steps > 0, "train: eval_steps and log_steps must be positive")
         require(self.threads is None or self.threads > 0, f"train.threads must be positive, got {self.threads}")
         require(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")
+        require(all(0 <= b < 1 for b in self.adam_betas), f"train.adam_betas must be in [0, 1), got "
+                                                          f"{list(self.adam_betas)}")
+        require(self.adam_epsilon > 0, f"train.adam_epsilon must be positive, got {self.adam_epsilon}")
+        require(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                f"train.early_stopping_patience must be >= 1 (or null), got {self.early_stopping_patience}")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0,
+                f"train.max_grad_norm must be positive (or null: no clipping), got {self.max_grad_norm}")
+        require(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
+        require(0 <= self.lr_end < self.learning_rate,
+                f"train.lr_end {self.lr_end} must be in [0, learning_rate {self.learning_rate})")
         self.param_groups = tuple(ParamGroup.from_dict(g, f"train.param_groups[{i}]").to_dict()
                                   for i, g in enumerate(self.param_groups))
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             _check_regex(group["pattern"])
+            for key in ("learning_rate", "weight_decay"):
+                value = group[key]
+                require(value is None or value >= 0,      # 0 keeps a group as it is: a way to freeze it
+                        f"train.param_groups[{index}].{key} must be >= 0, got {value}")
 
 
 def _check_regex(pattern: str) -> None:
@@ -170,6 +200,7 @@ def _check_regex(pattern: str) -> None:
 @dataclass
 class RunConfig(Section):
     tasks: tuple[str, ...] = ()
+    do_train: bool = True                 # false: evaluate the model as built (and `init_from`), train nothing
     method: dict = field(default_factory=lambda: {"method": "houlsby"})
     adapters: Literal["shared", "per_task"] = "shared"   # one adapter, or one per task (Compacter)
     init_from: str | None = None          # a saved adapter dir whose weights start this run (SPoT)
@@ -190,6 +221,14 @@ class RunConfig(Section):
             names = tuple(get_task(t).name for t in routed)
             require(names == self.tasks, f"method.tasks {list(routed)} must list the run's tasks in order: "
                                          f"{list(self.tasks)}")
+        prefixed = {get_task(t).name for t in self.data.prefixes}
+        require(prefixed <= set(self.tasks), f"data.prefixes names {sorted(prefixed - set(self.tasks))}, "
+                                             f"not a task of this run")
+        self.data.prefixes = {get_task(t).name: str(v) for t, v in self.data.prefixes.items()}
+        if self.train.select_on is not None:
+            self.train.select_on = get_task(self.train.select_on).name
+            require(self.train.select_on in self.tasks, f"train.select_on '{self.train.select_on}' is not a task "
+                                                        f"of this run: {list(self.tasks)}")
         if self.adapters == "per_task":
             require(self.data.mixing == "per_task", "adapters: per_task needs data.mixing: per_task "
                                                     "(each batch must come from one task)")
@@ -197,27 +236,11 @@ class RunConfig(Section):
     def method_config(self):
         return config_from_dict(self.method)
 
-
-class _Loader(yaml.SafeLoader):
-    """Scalars read as YAML 1.2 and JSON read them: YAML 1.1 reads `1e-3` as a string and `no`, `yes`,
-    `on`, `off` as booleans, so `eval_strategy: no` would arrive as False; a config means the number and
-    the word. Booleans are `true` / `false`."""
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
-                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
+    def task_list(self) -> list:
+        """The run's tasks, formatted as the config says (with or without the task-name prefix)."""
+        def prefix(task):
+            return self.data.prefixes.get(task, True) if self.data.task_prefix else False
+        return [replace(get_task(t), prefix=prefix(t)) for t in self.tasks]
 
 
 def read_config_file(path) -> dict:
@@ -225,7 +248,10 @@ def read_config_file(path) -> dict:
     path = Path(path)
     text = read_text(path)
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml_load(text)
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml_load(text)
+        except PeftlabError as err:
+            raise PeftlabError(f"{path}: {err}") from None
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         line = getattr(err, "lineno", None) or getattr(getattr(err, "problem_mark", None), "line", -1) + 1
         raise PeftlabError(f"{path}:{line}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}") from None
@@ -253,6 +279,70 @@ def apply_overrides(data: dict, overrides) -> dict:
     return data
 
 
+def load_run_configs(path=None, overrides=(), argv=None) -> list[RunConfig]:
+    """The run(s) a config names: a peftlab YAML/JSON, or a seed original (a code base's JSON, a run
+    script with several commands, or a command line `argv`), each with the overrides on top."""
+    return [_checked(data, overrides, origin) for data, origin in run_mappings(path, argv)]
+
+
+def _checked(data: dict, overrides, origin: dict) -> RunConfig:
+    """A bad value that came from a seed original is named by its original key too."""
+    try:
+        return RunConfig.from_dict(apply_overrides(data, overrides))
+    except PeftlabError as err:
+        text = str(err)
+        for dotted, original in origin.items():
+            if text.startswith(dotted) or f"'{dotted}" in text or f"{dotted}:" in text:
+                raise PeftlabError(f"{text} (from the original's {original})") from None
+        raise
+
+
+def run_mappings(path=None, argv=None) -> list[tuple[dict, dict]]:
+    """(run config mapping, {dotted key: the original key it came from}) per run."""
+    if argv:
+        return [(t.config, t.origin) for t in seeds.translate(None, argv=argv)]
+    path = Path(path)
+    if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+        return [(t.config, t.origin) for t in seeds.translate(path)]
+    data = read_config_file(path)
+    if seeds.is_original(data):
+        found = seeds.translate(path) if path.suffix == ".json" else [seeds.translate_mapping(data, str(path))]
+        return [(t.config, t.origin) for t in found]
+    return [(data, {})]
+
+
 def load_run_config(path, overrides=()) -> RunConfig:
-    data = translate_if_seed(read_config_file(path))
-    return RunConfig.from_dict(apply_overrides(data, overrides))
+    runs = load_run_configs(path, overrides)
+    if len(runs) != 1:
+        raise PeftlabError(f"{path}: holds {len(runs)} runs; `peftlab train` runs them one after another")
+    return runs[0]
+
+
+# what a resumed run may change: how long it runs and how it reports, never what it computes
+SAFE_ON_RESUME = {"overwrite", "description", "data.dir", "train.epochs", "train.max_steps", "train.eval_steps",
+                  "train.log_steps", "train.progress_bar", "train.tensorboard", "train.threads", "train.keep_last",
+                  "train.early_stopping_patience", "train.keep_freed_memory"}
+
+
+def check_resumable(saved_path: Path, config: RunConfig) -> None:
+    """A resumed run continues the saved one: refuse, naming the first key, a config that differs in
+    anything but the keys of SAFE_ON_RESUME."""
+    saved = _flat(json.loads(read_text(saved_path))) if Path(saved_path).is_file() else {}
+    if not saved:
+        raise PeftlabError(f"{saved_path}: the run's config is missing; cannot check what --resume continues")
+    now = _flat(config.to_dict())
+    for key in sorted(set(saved) | set(now)):
+        if key not in SAFE_ON_RESUME and saved.get(key) != now.get(key):
+            raise PeftlabError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in the saved run; "
+                               f"a resumed run may change only {', '.join(sorted(SAFE_ON_RESUME))}")
+
+
+def _flat(data, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (data.items() if isinstance(data, dict) else []):
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("method", "prefixes"):
+            out.update(_flat(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
