@@ -163,15 +163,23 @@ def test_an_original_trains_one_step_on_a_tiny_model(relative, index, tmp_path, 
     arch = _arch(translation)
     model_dir = tiny_model_dir(arch, tmp_path.parent / "seed-models", width=TINY_WIDTH)
     config = _stand_in_files(translation.config, tmp_path, width=TINY_WIDTH)
-    overrides = [f"model.name={model_dir}", "model.resize_vocab=null", "model.max_length=24",
+    # the tiny vocabulary (256), grown by 16 rows where the original trains new token rows (kernel NLG)
+    grow = translation.config["model"].get("train_new_embeddings")
+    overrides = [f"model.name={model_dir}", f"model.resize_vocab={272 if grow else 'null'}", "model.max_length=24",
                  "model.max_target_length=4", f"data.dir={tiny_data}", "data.splits=official",
                  "data.max_train_samples=8", "data.max_eval_samples=4", "train.max_steps=1", "train.batch_size=4",
                  "train.gradient_accumulation_steps=1", "train.eval_batch_size=4", "train.eval_strategy=no",
                  "train.progress_bar=false", "train.tensorboard=false", "train.warmup_steps=0",
                  f"output_dir={tmp_path / 'run'}"]
     run = RunConfig.from_dict(apply_overrides(config, overrides))
-    results = Trainer(run).run()
+    trainer = Trainer(run)
+    embedding = trainer.model.get_input_embeddings().weight
+    before = embedding.detach().clone()
+    results = trainer.run()
     assert results["train"]["steps"] == (1 if run.do_train else 0)
+    if grow and run.do_train:       # only the 16 added rows moved (train.py:438-444)
+        moved = (embedding.detach() != before).any(dim=1)
+        assert not moved[:256].any() and moved[256:].any()
     assert set(results["tasks"]) == set(run.tasks)
 
 

@@ -153,10 +153,10 @@ def _switches(keys: Keys, out: Translation, method: dict, evaluate_only: bool) -
     method["unfreeze_layer_norms"] = bool(keys.get("unfreeze_layer_norms", False))   # ln_1, ln_2, ln_f
     if whole and not rows and method["method"] != "full":
         method["unfreeze_lm_head"] = True       # the whole tied wte / lm_head (utils.py:307-309)
-    if rows and method["method"] != "full":
-        out.notes.append("NOT REPRODUCED (no run-config field): unfreeze_task_embeddings trains the 16 new "
-                         f"embedding rows ({ADDED_TOKENS} x width, tied lm_head), the original rows' gradients "
-                         "zeroed before each step but after clipping (train.py:434-444)")
+    if rows and not whole and method["method"] != "full":
+        out.set("model.train_new_embeddings", True, "unfreeze_task_embeddings (utils.py:307-309, train.py:438-444)")
+        out.notes.append(f"unfreeze_task_embeddings: the {ADDED_TOKENS} new rows train; the code clips the "
+                         "gradient norm before zeroing the old rows' (train.py:434-444), peftlab after")
 
 
 def with_compat(method: dict, out: Translation) -> dict:

@@ -55,7 +55,32 @@ def build_model(config: RunConfig, tasks: list[Task]):
                                f"{str(err).splitlines()[0]}") from None
     _fix_special_tokens(model, tokenizer, kind)
     attach_method(model, config, tasks)
+    _train_new_rows(model, config)
     return model, tokenizer, kind
+
+
+def _train_new_rows(model, config: RunConfig) -> None:
+    """kernel-adapters' unfreeze_task_embeddings (nlg/utils.py:307-309, train.py:438-444): the embedding
+    (tied to the output layer) trains, with the gradient of the checkpoint's own rows zeroed, so only the
+    rows the resize added move. Counted, as the code prints it, as the whole tensor."""
+    if not config.model.train_new_embeddings:
+        return
+    weight = model.get_input_embeddings().weight
+    old_rows = model.__dict__.get("_peftlab_vocab_before_resize", weight.shape[0])
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    keep[old_rows:] = 1
+    weight.requires_grad_(True)
+    if weight.device.type != "meta":
+        weight.register_hook(lambda grad: grad * keep.to(grad.dtype))
+
+
+def _resize(model, config: RunConfig) -> None:
+    """The vocabulary resized as the seeds do (compacter run_seq2seq.py:343: T5's 32,128 rows to
+    len(tokenizer) = 32,100; kernel-adapters: GPT-2 plus 16 tokens); new rows N(0, initializer_range²) as
+    their transformers 4.x drew them (no mean resizing)."""
+    if config.model.resize_vocab is not None:
+        model.__dict__["_peftlab_vocab_before_resize"] = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(config.model.resize_vocab, mean_resizing=False)
 
 
 HEADS = {"classification": tf.AutoModelForSequenceClassification, "seq2seq": tf.AutoModelForSeq2SeqLM,
@@ -71,9 +96,9 @@ def count_run(config: RunConfig) -> tuple[int, int]:
     if kind == "classification":
         hf_config.num_labels = tasks[0].num_labels
     model = build_from_config(hf_config, HEADS[kind], meta=True)
-    if config.model.resize_vocab is not None:
-        model.resize_token_embeddings(config.model.resize_vocab, mean_resizing=False)
+    _resize(model, config)
     attach_method(model, config, tasks)
+    _train_new_rows(model, config)
     return pl.trainable_parameters(model)
 
 
@@ -94,10 +119,7 @@ def _load_base(config: RunConfig, tasks: list[Task]):
         kwargs.update({key: config.model.dropout for key in DROPOUT_KEYS if hasattr(hf_config, key)})
     with _quiet_transformers():
         model, tokenizer = load_pretrained(config.model.name, head=heads[kind], **kwargs)
-    if config.model.resize_vocab is not None:
-        # the seeds resize T5's 32,128 rows to len(tokenizer) = 32,100 (compacter run_seq2seq.py:343)
-        # new rows N(0, initializer_range²) as the seeds' transformers 4.x drew them (no mean resizing)
-        model.resize_token_embeddings(config.model.resize_vocab, mean_resizing=False)
+    _resize(model, config)
     return model, tokenizer, kind
 
 
