@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,45 @@ def test_non_finite_loss_exits_2_naming_the_step(tmp_path, capsys):
     path.write_text(json.dumps(config))
     assert main(["train", str(path)]) == 2
     assert "at step" in _one_line_error(capsys)
+
+
+def _smaller_vocab_model(tmp_path, source):
+    import transformers as tf
+    model = tf.AutoModel.from_pretrained(source)
+    model.resize_token_embeddings(200)
+    out = tmp_path / "small-vocab"
+    model.save_pretrained(out)
+    tf.AutoTokenizer.from_pretrained(source).save_pretrained(out)     # 256 tokens for 200 rows
+    return out
+
+
+def _truncated_model(tmp_path, source):
+    import shutil
+    out = tmp_path / "truncated"
+    shutil.copytree(source, out)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp, model: ["model.head=seq2seq"], "model.head seq2seq: .* is a bert encoder without that kind of head"),
+    (lambda tmp, model: ["model.head=causal"], "model.head causal: .* is a bert encoder"),
+    (lambda tmp, model: ["model=tiny"], "model: expected a mapping, got 'tiny'"),
+    (lambda tmp, model: ["method.decoder_layers=[0]"], "decoder_layers: this model has no decoder stack"),
+    (lambda tmp, model: ["method.bottleneck_size=100000000000"], "Houlsby: its tensors do not fit in memory"),
+    (lambda tmp, model: [f"model.name={_smaller_vocab_model(tmp, model)}"], "the tokenizer has 256 tokens but the "
+                                                                           "model's embedding 200 rows"),
+    (lambda tmp, model: [f"model.name={_truncated_model(tmp, model)}"], "cannot load model .*truncated"),
+])
+def test_bad_runner_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, make, message):
+    from test_train_support import tiny_run_config
+    config = tiny_run_config(tmp_path, train={"max_steps": 1, "eval_strategy": "no"})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    overrides = make(tmp_path, config["model"]["name"])
+    capsys.readouterr()
+    code = main(["train", str(path), f"output_dir={tmp_path / 'out'}", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and re.search(message, err[-1]), err
+    assert not (tmp_path / "out").exists()

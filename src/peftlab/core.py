@@ -54,11 +54,14 @@ def attach(model: nn.Module, config, name: str | None = None, *, activate: bool 
         target.apply_generic_switches(config)
         controller.adapters[name] = attachment
         attachment.learned = [p for p in attachment_parameters(model, name) if p.requires_grad]
-    except BaseException:
+    except BaseException as err:
         controller.adapters.pop(name, None)
         attachment.journal.rollback()
         if fresh:
             _remove_controller(model)
+        if isinstance(err, RuntimeError) and "allocate" in str(err):   # torch's out-of-memory, CPU or GPU
+            raise PeftlabError(f"{type(config).__name__}: its tensors do not fit in memory "
+                               f"({str(err).splitlines()[0][:160]}); the model is unchanged") from None
         raise
     if activate:
         controller.training = None     # a newly attached adapter trains, alone, as before

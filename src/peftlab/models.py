@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import transformers as tf
+from safetensors import SafetensorError
 
 from .errors import PeftlabError
 
@@ -161,8 +162,8 @@ def _load_pretrained(name: str, source: str, head=None, **kwargs):
         config = tf.AutoConfig.from_pretrained(source, **_gguf_only(kwargs))
         model = (head or default_head(config)).from_pretrained(source, **kwargs)
         tokenizer = tf.AutoTokenizer.from_pretrained(source, **_gguf_only(kwargs))
-    except OSError as err:
-        raise PeftlabError(f"cannot load model '{name}': {err}".splitlines()[0]) from None
+    except (OSError, ValueError, SafetensorError) as err:   # missing, truncated, or no such head for it
+        raise PeftlabError(f"cannot load model '{name}': {err}".splitlines()[0][:300]) from None
     _make_plain(model)
     return model, tokenizer
 

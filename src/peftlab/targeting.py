@@ -77,7 +77,12 @@ def resolve_slot(model, layout: Layout, slot: str, selection: LayerSelection = L
             f"available: {', '.join(layout.slot_names())}"
         )
     sites, seen = [], set()
-    for stack_name, (stack_path, n_layers) in find_stacks(model, layout).items():
+    found = find_stacks(model, layout)
+    for stack in ("encoder", "decoder"):
+        if getattr(selection, f"{stack}_layers", None) and stack not in found:
+            raise PeftlabError(f"{stack}_layers: this model has no {stack} stack (its stacks: {', '.join(found)}); "
+                               f"use layers")
+    for stack_name, (stack_path, n_layers) in found.items():
         if stacks is not None and stack_name not in stacks:
             continue
         candidates = layout.stacks[stack_name].slots.get(real, ())

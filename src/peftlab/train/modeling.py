@@ -25,8 +25,16 @@ DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob"
 TASK_ID_FIELDS = ("task_names", "tasks", "num_tasks")   # a method that routes by task id has one of these
 
 
+ENCODERS = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta")
+
+
 def model_kind(config: RunConfig, hf_config) -> str:
     if config.model.head != "auto":
+        encoder = hf_config.model_type in ENCODERS
+        if (config.model.head == "seq2seq" and not getattr(hf_config, "is_encoder_decoder", False)) or \
+                (config.model.head == "causal" and encoder):
+            raise PeftlabError(f"model.head {config.model.head}: '{config.model.name}' is a {hf_config.model_type} "
+                               f"{'encoder' if encoder else 'model'} without that kind of head; use head auto")
         return config.model.head
     if getattr(hf_config, "is_encoder_decoder", False):
         return "seq2seq"
@@ -54,6 +62,10 @@ def build_model(config: RunConfig, tasks: list[Task]):
             raise PeftlabError(f"cannot load tokenizer '{config.model.tokenizer}': "
                                f"{str(err).splitlines()[0]}") from None
     _fix_special_tokens(model, tokenizer, kind)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:       # ids past the table would fail in the middle of training
+        raise PeftlabError(f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding {rows:,} rows; "
+                           f"use the model's own tokenizer or set model.resize_vocab")
     attach_method(model, config, tasks)
     _train_new_rows(model, config)
     return model, tokenizer, kind

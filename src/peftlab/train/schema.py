@@ -34,7 +34,7 @@ class Section(metaclass=CheckedConstruction):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             tp = hints[f.name]
-            if isinstance(tp, type) and issubclass(tp, Section) and isinstance(value, dict):
+            if isinstance(tp, type) and issubclass(tp, Section) and not isinstance(value, tp):
                 value = tp.from_dict(value, f"{self._where()}.{f.name}" if self._where() else f.name)
             elif not (isinstance(tp, type) and issubclass(tp, Section)):
                 value = coerce(value, tp, f"{self._where()}.{f.name}".lstrip("."))
