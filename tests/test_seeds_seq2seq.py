@@ -158,3 +158,18 @@ def test_a_seed_file_loads_through_the_same_door(tmp_path):
     path.write_text(json.dumps(COMPACTER))
     config = load_run_config(path, ["train.epochs=1"])
     assert config.method["method"] == "compacter" and config.train.epochs == 1
+
+
+def test_the_codes_text_quirks_under_its_translation():
+    """compacter data/tasks.py:249 and data/utils.py:16; ATTEMPT's WinoGrande preprocessor."""
+    config = config_of({**COMPACTER, "task_name": ["mnli", "stsb"], "eval_dataset_name": ["mnli", "stsb"],
+                        "test_dataset_name": ["mnli", "stsb"], "train_task_adapters": False})
+    mnli, stsb = config.task_list()
+    row = Example("mnli", {"premise": "p", "hypothesis": "h"}, 0)
+    assert mnli.source_text(row) == "mnli premise: p hypothesis h"
+    assert stsb.target_text(Example("stsb", {"sentence1": "a", "sentence2": "b"}, 3.27)) == "3.3"   # 0.2 steps: 3.2
+    plain = RunConfig.from_dict({"tasks": ["mnli"]}).task_list()[0]
+    assert plain.source_text(row) == "mnli premise: p hypothesis: h"
+    attempt = config_of({**ATTEMPT, "task_name": ["winogrande"], "shared_attn": False}).task_list()[0]
+    wino = Example("winogrande", {"sentence": "s _", "option1": "A", "option2": "B"}, 0)
+    assert attempt.source_text(wino) == "winogrande sentence: s _ option0: A option1: A"

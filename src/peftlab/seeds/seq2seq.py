@@ -206,6 +206,8 @@ def _tasks(keys: Keys, out: Translation, source: str, do_train: bool) -> list[st
 
 
 def _data(keys: Keys, out: Translation, source: str, code_base: str) -> None:
+    out.set("data.text_compat", code_base, "data/tasks.py's text (MNLI 'hypothesis' without a colon, STS-B to 0.1"
+                                           + (", WinoGrande's option1 twice)" if code_base == "attempt" else ")"))
     if keys.get("split_validation_test", False):
         out.set("data.splits", "seq2seq", "split_validation_test: true (data/tasks.py:95-118, seed 42)")
     else:

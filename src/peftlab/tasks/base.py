@@ -18,6 +18,8 @@ from .readers import Row
 
 Kind = Literal["classification", "regression", "generation"]
 SPLIT_SEED = 42
+# the seeds write MNLI's second field as "hypothesis <text>", no colon (compacter data/tasks.py:249)
+NO_COLON = {("hypothesis", "compacter"), ("hypothesis", "attempt")}
 LARGE = 10_000          # tasks with at least this many training rows hold out 1K rows as validation
 HELD_OUT = 1_000
 
@@ -49,6 +51,7 @@ class Task:
     hub: tuple[str, str | None] = ("", None)   # (dataset path, config) for `datasets`
     aliases: tuple[str, ...] = ()
     prefix: bool | str = True         # sources start with the task name, this text, or nothing (False)
+    text_compat: str | None = None    # reproduce a seed code base's text quirks ("compacter", "attempt")
 
     @property
     def num_labels(self) -> int:
@@ -64,9 +67,20 @@ class Task:
 
     def source_text(self, example: Example) -> str:
         head = [self.prefix] if isinstance(self.prefix, str) else [self.name] if self.prefix else []
-        return " ".join(head + [f"{k}: {example.fields[k]}" for k in self.keys])
+        return " ".join(head + [f"{k}{'' if (k, self.text_compat) in NO_COLON else ':'} {v}"
+                                for k, v in self._source_fields(example)])
+
+    def _source_fields(self, example: Example) -> list[tuple[str, str]]:
+        if self.text_compat == "attempt" and self.name == "winogrande":
+            # ATTEMPT's WinoGrande.preprocessor passes option1 twice (attempt/data/tasks.py)
+            first = example.fields["option1"]
+            return [("sentence", example.fields["sentence"]), ("option0", first), ("option1", first)]
+        return [(k, example.fields[k]) for k in self.keys]
 
     def target_text(self, example: Example) -> str:
+        if self.kind == "regression" and self.text_compat in ("compacter", "attempt"):
+            # round_stsb_target: np.round((label * 5) / 5, decimals=1) rounds to 0.1, not 0.2 (data/utils.py:16)
+            return f"{round(float(example.label), 1):.1f}"
         if self.kind == "regression":
             return f"{round(float(example.label) * 5) / 5:.1f}"
         return str(example.label)

@@ -111,6 +111,7 @@ class DataSection(Section):
     mixing: Literal["mixed", "per_task"] = "mixed"   # mixed-task batches, or one task per batch
     task_prefix: bool = True              # text-to-text sources start with the task name (DESIGN §5)
     prefixes: dict = field(default_factory=dict)   # task -> the prefix text, where not the task's name
+    text_compat: Literal["compacter", "attempt"] | None = None   # a seed code base's text quirks (seed_configs.md)
 
     def check(self):
         require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
@@ -243,7 +244,7 @@ class RunConfig(Section):
         """The run's tasks, formatted as the config says (with or without the task-name prefix)."""
         def prefix(task):
             return self.data.prefixes.get(task, True) if self.data.task_prefix else False
-        return [replace(get_task(t), prefix=prefix(t)) for t in self.tasks]
+        return [replace(get_task(t), prefix=prefix(t), text_compat=self.data.text_compat) for t in self.tasks]
 
 
 def read_config_file(path) -> dict:
