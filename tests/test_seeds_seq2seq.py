@@ -173,3 +173,13 @@ def test_the_codes_text_quirks_under_its_translation():
     attempt = config_of({**ATTEMPT, "task_name": ["winogrande"], "shared_attn": False}).task_list()[0]
     wino = Example("winogrande", {"sentence": "s _", "option1": "A", "option2": "B"}, 0)
     assert attempt.source_text(wino) == "winogrande sentence: s _ option0: A option1: A"
+
+
+def test_generation_budgets_are_the_codes():
+    """compacter: 20 during training, val_max_target_length (128) at the end; ATTEMPT: 20 throughout."""
+    compacter = config_of(COMPACTER)
+    assert (compacter.model.eval_max_new_tokens, compacter.model.final_max_new_tokens) == (19, 127)
+    attempt = translate_mapping({**ATTEMPT, "val_max_target_length": 50}, "attempt/configs/x.json")
+    config = RunConfig.from_dict(attempt.config)
+    assert (config.model.eval_max_new_tokens, config.model.final_max_new_tokens) == (19, 19)
+    assert "val_max_target_length" in attempt.ignored

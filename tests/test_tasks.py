@@ -46,7 +46,7 @@ def test_text_to_text_formats(data_dir):
     assert stsb.parse_target("2.8") == 2.8 and stsb.parse_target("x") is None
     assert get_task("cb").parse_target("2") == 2 and get_task("cb").parse_target("7") == -1
     wsc = load_splits(get_task("wsc"), data_dir, policy="official")["train"][0]
-    assert wsc.fields["text"] == "the *man* sees the dog and #he# likes it"
+    assert wsc.fields["text"] == "the * man * sees the dog and # he # likes it"    # T5's _mark_span
     assert get_task("superglue-cb") is get_task("cb") and get_task("SST-2") is get_task("sst2")
     with pytest.raises(PeftlabError, match="unknown task 'sst3'.*did you mean 'sst2'"):
         get_task("sst3")

@@ -318,3 +318,18 @@ def test_a_diverging_loss_is_reported_and_a_non_finite_weight_is_never_checkpoin
     last = tmp_path / "run" / "checkpoints" / "last" / "trainable.safetensors"
     if last.exists():
         assert all(torch.isfinite(t).all() for t in load_file(str(last)).values())
+
+
+def test_evaluations_during_training_and_at_the_end_have_their_own_generation_budget(tmp_path, monkeypatch):
+    import peftlab.train.loop as loop
+    budgets = []
+    real = loop.evaluate
+
+    def spy(model, tokenizer, kind, task, index, examples, max_length, budget, *rest):
+        budgets.append(budget)
+        return real(model, tokenizer, kind, task, index, examples, max_length, budget, *rest)
+    monkeypatch.setattr(loop, "evaluate", spy)
+    config = tiny_run_config(tmp_path, arch="t5", model={"eval_max_new_tokens": 3, "final_max_new_tokens": 7},
+                             train={"max_steps": 2, "eval_steps": 2})
+    run(config)
+    assert budgets == [3, 7, 7]      # the evaluation at step 2, then the final validation and test

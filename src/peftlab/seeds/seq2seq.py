@@ -220,11 +220,21 @@ def _data(keys: Keys, out: Translation, source: str, code_base: str) -> None:
         out.set("data.max_eval_samples", val, "max_val_samples, max_test_samples")
     if keys.has("max_target_length"):
         out.set("model.max_target_length", keys.take("max_target_length"), "max_target_length")
+    # generate() with max_length 20 (T5's decoder start included: 19 new tokens) during training; the
+    # final evaluation and test at val/test_max_target_length (compacter run_seq2seq.py:541-556; ATTEMPT
+    # passes none, so 20 again: seq2seq_trainer.py:22-32)
+    out.set("model.eval_max_new_tokens", 19, "generate's max_length 20 during training (seq2seq_trainer.py:67-76)")
+    final = keys.get("val_max_target_length", keys.get("max_target_length", 128)) if code_base == "compacter" else 20
+    test = keys.get("test_max_target_length", final) if code_base == "compacter" else 20
+    if test != final:
+        refuse(source, "test_max_target_length", f"{test} differs from val_max_target_length {final}; peftlab "
+                                                 "gives the final validation and test one budget")
+    out.set("model.final_max_new_tokens", final - 1, "val_max_target_length, test_max_target_length (max_length, "
+                                                     "the decoder start included)")
     for key in ("val_max_target_length", "test_max_target_length"):
-        if key in keys:
+        if key in keys and key not in keys.used:
             keys.get(key)
-            out.ignore(key, "the final evaluation's generation budget; classification labels are a few "
-                            "tokens, peftlab uses model.max_target_length")
+            out.ignore(key, "no effect in ATTEMPT: its evaluate() resets the budget to 20 (seq2seq_trainer.py:22-32)")
     if "pad_to_max_length" in keys:
         keys.get("pad_to_max_length")
         out.ignore("pad_to_max_length", "padding is masked everywhere except ATTEMPT's input pool, which "

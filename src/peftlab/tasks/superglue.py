@@ -18,7 +18,8 @@ def simple(task: Task, path: Path, line: int, row: dict) -> Example:
 
 
 def wsc(task: Task, path: Path, line: int, row: dict) -> Example:
-    """The text with span 1 marked `*...*` and span 2 (the pronoun) `#...#`, as in Compacter."""
+    """The text with span 1 marked `* ... *` and span 2 (the pronoun) `# ... #`, spaces around the marks,
+    as Compacter and ATTEMPT write it (T5's `_mark_span`; compacter data/tasks.py:471-485)."""
     target = row.get("target")
     if not isinstance(target, dict):
         raise PeftlabError(f"{path}:{line}: missing field 'target'")
@@ -28,8 +29,8 @@ def wsc(task: Task, path: Path, line: int, row: dict) -> Example:
         if not isinstance(start, int) or not 0 <= start < len(words):
             raise PeftlabError(f"{path}:{line}: bad target.{index_key} {start!r}")
         end = start + max(len(span.split(" ")), 1) - 1
-        words[start] = mark + words[start]
-        words[min(end, len(words) - 1)] += mark
+        words[start] = f"{mark} {words[start]}"
+        words[min(end, len(words) - 1)] += f" {mark}"
     label = task.label_index(field(row, "label", path, line), path, line)
     return Example(task.name, {"text": " ".join(words)}, label)
 

@@ -284,15 +284,23 @@ class Trainer:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     # --- evaluation and checkpoints -----------------------------------------------------------------
-    def evaluate_split(self, split: str) -> dict[str, dict[str, float]]:
+    def evaluate_split(self, split: str, final: bool = False) -> dict[str, dict[str, float]]:
         cfg = self.config
+        budget = self._generation_budget(final)
         out = {}
         for index, (task, splits) in enumerate(zip(self.tasks, self.splits)):
             adapter = self.adapter_names[index] if cfg.adapters == "per_task" else None
             out[task.name] = evaluate(self.model, self.tokenizer, self.kind, task, index, splits[split],
-                                      cfg.model.max_length, cfg.model.max_target_length,
-                                      cfg.train.eval_batch_size, adapter, self.task_ids)
+                                      cfg.model.max_length, budget, cfg.train.eval_batch_size, adapter,
+                                      self.task_ids)
         return out
+
+    def _generation_budget(self, final: bool) -> int:
+        """New tokens a text-to-text evaluation may generate: the seeds generate at most 20 during training
+        and 128 at the end (compacter seq2seq_trainer.py:67-76, run_seq2seq.py:541-556)."""
+        model = self.config.model
+        during = model.eval_max_new_tokens or model.max_target_length
+        return (model.final_max_new_tokens or during) if final else during
 
     def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
         """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
@@ -379,8 +387,9 @@ class Trainer:
         splits = ("test",) if self.config.train.eval_strategy == "no" else ("validation", "test")
         for split in splits:
             # the best checkpoint's validation scores are known already: skip re-evaluating them
-            known = self.state.get("best_scores") if split == "validation" else None
-            for task, metrics in (known or self.evaluate_split(split)).items():
+            same_budget = self._generation_budget(True) == self._generation_budget(False)
+            known = self.state.get("best_scores") if split == "validation" and same_budget else None
+            for task, metrics in (known or self.evaluate_split(split, final=True)).items():
                 per_task[task][split] = metrics
         trainable, total = pl.trainable_parameters(self.model)
         results = {"tasks": per_task, "average": averages(per_task), "model": self.config.model.name,

@@ -90,12 +90,16 @@ class ModelSection(Section):
     resize_vocab: int | None = None       # embedding rows after loading (the seeds' T5: len(tokenizer) 32,100)
     dropout: float | None = None          # the base model's hidden and attention dropout; None: its config's
     train_new_embeddings: bool = False    # with resize_vocab growing it: the new rows train (kernel-adapters)
+    eval_max_new_tokens: int | None = None    # generation budget of the evaluations during training
+    final_max_new_tokens: int | None = None   # of the final validation and test (None: as during training)
 
     def check(self):
         require(self.max_length > 0 and self.max_target_length > 0, "model: lengths must be positive")
         require(self.resize_vocab is None or self.resize_vocab > 0,
                 f"model.resize_vocab must be positive, got {self.resize_vocab}")
         require(self.dropout is None or 0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        for key in ("eval_max_new_tokens", "final_max_new_tokens"):
+            require(getattr(self, key) is None or getattr(self, key) > 0, f"model.{key} must be positive")
         require(not self.train_new_embeddings or self.resize_vocab is not None,
                 "model.train_new_embeddings trains the rows model.resize_vocab adds: set resize_vocab")
 
