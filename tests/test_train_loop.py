@@ -333,3 +333,11 @@ def test_evaluations_during_training_and_at_the_end_have_their_own_generation_bu
                              train={"max_steps": 2, "eval_steps": 2})
     run(config)
     assert budgets == [3, 7, 7]      # the evaluation at step 2, then the final validation and test
+
+
+def test_an_eval_offset_evaluates_one_update_early(tmp_path):
+    from peftlab.train.logs import read_jsonl
+    config = tiny_run_config(tmp_path, train={"max_steps": 4, "eval_steps": 2, "eval_offset": 1})
+    run(config)
+    records = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [1, 3, 4]     # nlprunners' (step+1) % N

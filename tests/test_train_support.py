@@ -7,6 +7,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 import transformers as tf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
@@ -203,3 +205,47 @@ def tiny_run_config(tmp: Path, arch: str = "bert", task: str = "sst2", **section
         else:
             config[key] = value
     return config
+
+
+def test_transformers_adamw_adds_eps_before_the_correction_and_decays_after_the_update():
+    """transformers 4.x AdamW (the seeds' trainers), computed here by hand for two steps."""
+    import math as m
+    import torch
+    from peftlab.train.optim import TransformersAdamW
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = TransformersAdamW([p], lr=0.1, betas=(0.9, 0.99), eps=0.5, weight_decay=0.2)
+    grads = [torch.tensor([0.3, -0.1]), torch.tensor([-0.2, 0.4])]
+    w, m1, m2 = torch.tensor([1.0, -2.0]), torch.zeros(2), torch.zeros(2)
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        m1, m2 = 0.9 * m1 + 0.1 * g, 0.99 * m2 + 0.01 * g * g
+        w = w - 0.1 * m.sqrt(1 - 0.99 ** t) / (1 - 0.9 ** t) * m1 / (m2.sqrt() + 0.5)
+        w = w - 0.1 * 0.2 * w
+    torch.testing.assert_close(p.detach(), w)
+    q = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    torch_opt = torch.optim.AdamW([q], lr=0.1, betas=(0.9, 0.99), eps=0.5, weight_decay=0.2)
+    for g in grads:
+        q.grad = g.clone()
+        torch_opt.step()
+    assert not torch.allclose(p.detach(), q.detach())       # a different algorithm, not a renaming
+
+
+def test_the_schedule_can_step_first_and_warm_up_over_a_fraction():
+    import torch
+    from peftlab.train.optim import build_schedule
+    from peftlab.train.schema import TrainSection
+
+    def rates(**train):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        schedule = build_schedule(opt, TrainSection(learning_rate=1.0, **train), 10)
+        out = []
+        for _ in range(4):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+        return out
+    assert rates(warmup_ratio=0.25) == [0.0, 0.5, 1.0, 0.875]                      # int(2.5) = 2 warmup steps
+    assert rates(warmup_ratio=0.25, fractional_warmup=True) == pytest.approx([0.0, 0.4, 0.8, 7 / 7.5])   # over 2.5
+    assert rates(warmup_ratio=0.25, scheduler_step_first=True) == [0.5, 1.0, 0.875, 0.75]   # one ahead

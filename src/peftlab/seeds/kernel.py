@@ -131,6 +131,7 @@ def _nlg_training(keys: Keys, out: Translation, processes: int, run_dir: str) ->
     out.set("train.weight_decay", 0.0, "transformers.AdamW default (train.py:396)")
     out.set("train.adam_betas", [0.9, 0.999], "transformers.AdamW defaults (train.py:396)")
     out.set("train.adam_epsilon", 1e-6, "transformers.AdamW default eps (train.py:396)")
+    out.set("train.optimizer", "adamw_transformers", "transformers.AdamW (train.py:396)")
     out.set("train.max_grad_norm", option_value(keys, "max_norm"), "max_norm (train.py:283, 434)")
     out.set("train.label_smoothing", option_value(keys, "label_smooth"), "label_smooth (custom_gpt2.py:1539-1543)")
     out.set("train.precision", "fp32", "no fp16 in train.py")

@@ -247,7 +247,7 @@ def _glue_training(v, out: Translation, given: set, processes: int, task: str) -
     out.set("train.precision", "fp16" if v("fp16") else "fp32", "--fp16 (native AMP)")
     out.set("train.seed", v("seed"), "--seed (run_glue.py:261)")
     _glue_schedule(v, out, processes, task)
-    out.notes.append("transformers' AdamW decays weights after its update, torch's before (one lr*wd factor apart)")
+    out.set("train.optimizer", "adamw_transformers", "the HF Trainer's transformers.AdamW ([tf] trainer.py)")
 
 
 def _glue_schedule(v, out: Translation, processes: int, task: str) -> None:

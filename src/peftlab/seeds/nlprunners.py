@@ -257,9 +257,11 @@ def _training(out: Translation, v: dict, given: set, processes: int, multi: bool
         out.set("train.seed", v["seed"], "--seed (initialization.py:69-81)")
     clip = "" if multi else ("; clipping also counts the base's gradients, computed (requires_grad stays on) "
                              "and never zeroed (nlpr/shared/runner.py:271, 280)")
-    out.notes.append("not reproduced (no run-config field): the scheduler steps before the optimizer (MS:217-220, "
-                     "each update uses the next step's rate); warmup is the float 0.1*t_total (peftlab: int); "
-                     f"AdamW decays after its update ([tf2.3]){clip}")
+    out.set("train.optimizer", "adamw_transformers", "transformers.AdamW: decay after the update (MS:296-298)")
+    out.set("train.scheduler_step_first", True, "scheduler.step() before optimizer.step() (MS:217-220)")
+    out.set("train.fractional_warmup", True, "warmup over the float warmup_proportion * t_total (MS:326-327)")
+    if clip:
+        out.notes.append(f"not reproduced: {clip[2:]}")
 
 
 def _subsample(out: Translation, v: dict, given: set) -> None:
@@ -300,9 +302,8 @@ def _evaluation(out: Translation, v: dict, given: set, task: str) -> None:
         return
     out.set("train.eval_strategy", "steps", "--eval_every_steps (MR:42-46, 113-114)")
     out.set("train.eval_steps", every, "--eval_every_steps")
-    out.notes.append(f"nlprunners evaluates when (global_step+1) % {every} == 0 (MR:42-46), i.e. after update "
-                     f"{every - 1}, {2 * every - 1}, ...; peftlab after update {every}, {2 * every}, ... and at the "
-                     f"end; the best (strict >, MR:164) is restored at the end in both")
+    # (global_step+1) % every == 0 (MR:42-46): after update every-1, 2*every-1, ... (and at the end in both)
+    out.set("train.eval_offset", 1, "(global_step+1) % --eval_every_steps (MR:42-46)")
     rows = DEV_ROWS.get(task)
     if rows is None or number < rows:
         refuse(out.source, f"--partial_eval_number {number}", f"selects on the first {number} dev rows but reports "

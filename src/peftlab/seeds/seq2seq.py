@@ -157,6 +157,8 @@ def _batch(keys: Keys, out: Translation, source: str) -> None:
         refuse(source, "per_device_train_batch_size", f"expected a positive integer, got {per_device!r}")
     out.set("train.batch_size", per_device * accumulation,
             "per_device_train_batch_size × gradient_accumulation_steps (one GPU)")
+    out.set("train.optimizer", "adamw_transformers", "the HF Trainer's transformers.AdamW (eps before the bias "
+                                                      "correction, decay after the update)")
     betas = (keys.get("adam_beta1", 0.9), keys.get("adam_beta2", 0.999))
     if betas != (0.9, 0.999):
         out.set("train.adam_betas", list(betas), "adam_beta1, adam_beta2")

@@ -305,7 +305,8 @@ class Trainer:
     def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
         """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
         cfg, step = self.config.train, self.state["step"]
-        due = (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == self.total_steps)) or \
+        due = (cfg.eval_strategy == "steps" and ((step + cfg.eval_offset) % cfg.eval_steps == 0
+                                                 or step == self.total_steps)) or \
               (cfg.eval_strategy == "epoch" and (end_of_epoch or step == self.total_steps))
         if not due and not (cfg.eval_strategy == "no" and step % cfg.eval_steps == 0):
             return False

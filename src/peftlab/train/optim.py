@@ -6,10 +6,12 @@ one process and N processes, with or without gradient accumulation, compute the 
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_constant_schedule_with_warmup, get_polynomial_decay_schedule_with_warmup
 
 from .data import IGNORE
@@ -57,9 +59,39 @@ def adamw(params, lr: float, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr, fused=True if fusable else None, **kwargs)
 
 
+class TransformersAdamW(torch.optim.Optimizer):
+    """The AdamW of transformers 2.x-4.x, which the seeds' trainers use (compacter's and ATTEMPT's HF
+    Trainer, nlprunners' model_setup.py:296-298, kernel-adapters' run_glue.py): eps is added to sqrt(v)
+    *before* the bias correction, and the decay is applied *after* the update, to the updated weights.
+    torch's AdamW adds eps after the correction and decays first."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in (p for p in group["params"] if p.grad is not None):
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = state["exp_avg_sq"].sqrt().add_(group["eps"])
+                size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+                p.addcdiv_(state["exp_avg"], denom, value=-size)
+                if group["weight_decay"] > 0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+
 def build_optimizer(model, train: TrainSection, total_steps: int):
-    optimizer = adamw(param_groups(model, train), lr=train.learning_rate, betas=tuple(train.adam_betas),
-                      eps=train.adam_epsilon)
+    groups = param_groups(model, train)
+    if train.optimizer == "adamw_transformers":
+        optimizer = TransformersAdamW(groups, lr=train.learning_rate, betas=train.adam_betas, eps=train.adam_epsilon)
+    else:
+        optimizer = adamw(groups, lr=train.learning_rate, betas=tuple(train.adam_betas), eps=train.adam_epsilon)
     return optimizer, build_schedule(optimizer, train, total_steps)
 
 
@@ -68,13 +100,23 @@ def build_schedule(optimizer, train: TrainSection, total_steps: int):
     `total_steps` counted from the end of the warmup, so it ends above lr_end ("linear_from_warmup": the
     ignite schedule of kernel-adapters' NLG train.py:500-510); or no decay ("constant")."""
     total = max(total_steps, 1)
-    warmup = train.warmup_steps or int(train.warmup_ratio * total)
+    ratio = train.warmup_ratio * total
+    warmup = train.warmup_steps or (ratio if train.fractional_warmup else int(ratio))
     if train.schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    horizon = total + warmup if train.schedule == "linear_from_warmup" else total
-    # HF's polynomial schedule (power 1 = linear) reads lr_end against train.learning_rate; a group with
-    # its own rate ends at the same fraction of it, as in the reference trainers
-    return get_polynomial_decay_schedule_with_warmup(optimizer, warmup, horizon, lr_end=train.lr_end, power=1.0)
+        schedule = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:
+        horizon = total + warmup if train.schedule == "linear_from_warmup" else total
+        # HF's polynomial schedule (power 1 = linear) reads lr_end against train.learning_rate; a group with
+        # its own rate ends at the same fraction of it, as in the reference trainers
+        schedule = get_polynomial_decay_schedule_with_warmup(optimizer, warmup, horizon, lr_end=train.lr_end,
+                                                             power=1.0)
+    if not train.scheduler_step_first:
+        return schedule
+    # nlprunners steps the scheduler before the optimizer (model_setup.py:217-220): update k uses rate k+1
+    shifted = [lambda step, rate=rate: rate(step + 1) for rate in schedule.lr_lambdas]
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    return LambdaLR(optimizer, shifted)
 
 
 def gradient_norm(parameters: list) -> torch.Tensor:

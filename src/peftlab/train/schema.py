@@ -149,6 +149,10 @@ class TrainSection(Section):
     adam_epsilon: float = 1e-8
     schedule: Literal["linear", "linear_from_warmup", "constant"] = "linear"
     lr_end: float = 0.0                   # where the linear decay ends (HF's polynomial decay, power 1)
+    optimizer: Literal["adamw", "adamw_transformers"] = "adamw"   # torch's, or transformers' 4.x one (seeds)
+    scheduler_step_first: bool = False    # nlprunners: the schedule advances before each update
+    fractional_warmup: bool = False       # warmup_ratio * steps kept fractional, not rounded down
+    eval_offset: int = 0                  # evaluate when (step + eval_offset) % eval_steps == 0 (nlprunners: 1)
     seed: int = 42
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int = 500
@@ -340,6 +344,8 @@ def check_resumable(saved_path: Path, config: RunConfig) -> None:
         raise PeftlabError(f"{saved_path}: the run's config is missing; cannot check what --resume continues")
     now = _flat(config.to_dict())
     for key in sorted(set(saved) | set(now)):
+        if key not in saved:    # a field newer than the saved run: it ran with that field's default
+            continue
         if key not in SAFE_ON_RESUME and saved.get(key) != now.get(key):
             raise PeftlabError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in the saved run; "
                                f"a resumed run may change only {', '.join(sorted(SAFE_ON_RESUME))}")
