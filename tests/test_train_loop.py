@@ -249,7 +249,7 @@ def test_eval_strategy_no_never_evaluates_validation(tmp_path, monkeypatch):
     evaluated = []
     evaluate_split = Trainer.evaluate_split
     monkeypatch.setattr(Trainer, "evaluate_split",
-                        lambda self, split: evaluated.append(split) or evaluate_split(self, split))
+                        lambda self, split, final=False: evaluated.append(split) or evaluate_split(self, split, final))
     trainer, results = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "eval_steps": 1}))
     assert evaluated == ["test"]            # once, after the last step: the documented result table
     assert set(results["tasks"]["sst2"]) == {"test"} and set(results["average"]) == {"test"}

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import PeftlabError
+from .bash_lexer import HINT, Lexer, Statement, plain_word
 
 PYTHON = re.compile(r"python(\d+(\.\d+)*)?")
 LAUNCH_MODULES = ("torch.distributed.launch", "torch.distributed.run")
@@ -36,8 +37,6 @@ BOOLEAN_LAUNCH_FLAGS = {"--use_env", "--use-env", "--no_python", "--no-python", 
                         "--run_path", "--run-path", "--multi_gpu", "--cpu", "--use_deepspeed", "--use_fsdp"}
 PARAMETER = re.compile(r"([A-Za-z_]\w*|\d+|[@*])(?:(:?[-+])(.*))?", re.S)
 ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)(\+?=)")
-REDIRECTION = re.compile(r"&>>?|[<>]&|>>|>\||<>|<<<?|<\(|>\(|[<>]")
-HINT = "statically; run the python command after `peftlab train --`"
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def python_commands(text: str, variables: dict | None = None, source: str = "<sc
 def read_script(text: str, variables: dict | None = None, source: str = "<script>"):
     """(python commands, skipped commands as (line, program))."""
     state = _State(variables, source)
-    state.run(_Lexer(text, source).statements())
+    state.run(Lexer(text, source).statements())
     return state.commands, state.skipped
 
 
@@ -75,7 +74,7 @@ def markdown_commands(text: str, source: str, variables: dict | None = None) -> 
             fence, kept = None, len(state.commands)
             try:
                 if tag in ("", "bash", "sh", "shell", "zsh"):
-                    state.run(_Lexer("\n".join(block), source, start).statements())
+                    state.run(Lexer("\n".join(block), source, start).statements())
             except PeftlabError:
                 if tag:
                     raise
@@ -95,174 +94,6 @@ def command_from_argv(argv: list[str]) -> Command:
         raise PeftlabError(f"the command line: expected `python SCRIPT ARGS` (or torchrun, accelerate launch), "
                            f"got {' '.join(argv)[:60]!r}")
     return command
-
-
-@dataclass
-class _Statement:
-    line: int
-    sep: str            # the operator before it: "\n", ";", "&", "&&", "||", "|"
-    words: list         # each a list of (kind, text): lit, q (quoted), var, qvar (quoted var), sub, op
-    raw: str
-
-    @property
-    def head(self) -> str | None:
-        return _plain(self.words[0]) if self.words else None
-
-
-def _plain(word) -> str | None:
-    return "".join(text for _, text in word) if all(kind == "lit" for kind, _ in word) else None
-
-
-class _Lexer:
-    """Bash's tokens: words of parts, cut into statements at newlines and control operators."""
-
-    def __init__(self, text: str, source: str, line: int = 1):
-        self.text, self.source, self.i, self.line = text.replace("\r\n", "\n"), source, 0, line
-        self.out, self.words, self.parts, self.sep, self.start, self.redirect = [], [], None, "\n", (0, line), False
-
-    def error(self, what: str, line: int | None = None) -> PeftlabError:
-        return PeftlabError(f"{self.source}:{line or self.line}: {what}")
-
-    def statements(self) -> list[_Statement]:
-        text = self.text
-        while self.i < len(text):
-            char, after = text[self.i], text[self.i + 1:self.i + 2]
-            if self.quoting(char, after):
-                continue
-            if char == "#" and self.parts is None:
-                self.i = len(text) if text.find("\n", self.i) < 0 else text.find("\n", self.i)
-            elif char in "<>" or text.startswith("&>", self.i):
-                self.redirection()
-            elif char in "\n;&|()":
-                self.operator(text[self.i:self.i + 2])
-            else:
-                home = char == "~" and self.parts is None and after in ("", "/", " ", "\n")
-                if char in " \t":
-                    self.end_word()
-                else:
-                    self.add(*(("qvar", "HOME") if home else ("lit", char)))
-                self.i += 1
-        self.end_statement("\n")
-        return self.out
-
-    def one_word(self) -> list:
-        """The text as the parts of one word (the `word` of `${NAME:-word}`)."""
-        while self.i < len(self.text):
-            if not self.quoting(self.text[self.i], self.text[self.i + 1:self.i + 2]):
-                self.add("lit", self.text[self.i])
-                self.i += 1
-        return self.parts or []
-
-    def quoting(self, char: str, after: str) -> bool:
-        """A backslash, quotes, `$` or a backtick at self.i: read as a part (True), or not one (False)."""
-        if char == "\\":                      # \<newline> joins lines; \c is a quoted c
-            self.line, self.i = self.line + (after == "\n"), self.i + 2
-            if after != "\n":
-                self.add("q", after or "\\")
-        elif char == "'":
-            end = self.text.find("'", self.i + 1)
-            if end < 0:
-                raise self.error("unterminated ' quote")
-            self.add("q", self.text[self.i + 1:end])
-            self.line, self.i = self.line + self.text.count("\n", self.i, end), end + 1
-        elif char == '"':
-            self.double_quoted()
-        elif char in "$`":
-            self.add(*self.dollar(quoted=False))
-        return char in "\\'\"$`"
-
-    def add(self, kind: str, text: str) -> None:
-        if self.parts is None:
-            self.parts = []
-            self.start = (self.i, self.line) if not self.words else self.start
-        if self.parts and self.parts[-1][0] == kind and kind in ("lit", "q"):
-            self.parts[-1] = (kind, self.parts[-1][1] + text)
-        else:
-            self.parts.append((kind, text))
-
-    def end_word(self) -> None:
-        if self.parts is not None and not self.redirect:
-            self.words.append(self.parts)
-        elif self.parts is not None:
-            self.redirect = False              # a redirection's target: the shell's, not the command's
-        self.parts = None
-
-    def end_statement(self, next_sep: str) -> None:
-        self.end_word()
-        if self.redirect:
-            raise self.error("a redirection without a target")
-        if self.words:
-            self.out.append(_Statement(self.start[1], self.sep, self.words, self.text[self.start[0]:self.i]))
-            self.sep, self.words = next_sep, []
-        elif next_sep != "\n":
-            self.sep = next_sep                # `a &&` <newline> `b`
-
-    def operator(self, two: str) -> None:
-        if two == ";;" or two[0] in "()":      # case, subshells, functions, arrays: refused when read
-            self.end_word()
-            self.add("op", two if two == ";;" else two[0])
-            self.i += len(self.parts[0][1])
-            return self.end_word()
-        op = two if two in ("&&", "||") else two[0]
-        self.end_statement(op)
-        self.i, self.line = self.i + (2 if two in ("&&", "||", "|&") else 1), self.line + (op == "\n")
-
-    def redirection(self) -> None:
-        if self.parts is not None and (_plain(self.parts) or "x").isdigit():
-            self.parts = None                  # the 2 of 2>&1
-        self.end_word()
-        op = REDIRECTION.match(self.text, self.i)[0]
-        if op in ("<<", "<<<", "<(", ">("):
-            raise self.error(f"cannot read '{op}' {HINT}")
-        self.i += len(op)
-        target = re.compile(r"[ \t]*(\d+|-)(?=[\s;&|]|$)").match(self.text, self.i) if op.endswith("&") else None
-        self.i, self.redirect = (target.end(), False) if target else (self.i, True)
-
-    def double_quoted(self) -> None:
-        text, start = self.text, self.line
-        self.i += 1
-        self.add("q", "")                      # "" is one (empty) word
-        while self.i < len(text) and text[self.i] != '"':
-            char, after = text[self.i], text[self.i + 1:self.i + 2]
-            if char == "\\" and after in ('$', '`', '"', '\\', '\n'):
-                self.add("q", "" if after == "\n" else after)
-                self.line, self.i = self.line + (after == "\n"), self.i + 2
-            elif char in "$`":
-                self.add(*self.dollar(quoted=True))
-            else:
-                self.add("q", char)
-                self.line, self.i = self.line + (char == "\n"), self.i + 1
-        if self.i >= len(text):
-            raise self.error("unterminated \" quote", start)
-        self.i += 1
-
-    def dollar(self, quoted: bool) -> tuple[str, str]:
-        """`$NAME`, `${...}`, `$(...)` or a backtick substitution at self.i: one part."""
-        text, i = self.text, self.i
-        after = text[i + 1:i + 2]
-        if text[i] == "$" and (text.startswith("$((", i) or (after == "'" and not quoted)):
-            raise self.error(f"cannot read '{text[i:i + 2 + (after == '(')]}' {HINT}")
-        if text[i] == "`" or after in ("(", "{"):
-            end = text.find("`", i + 1) if text[i] == "`" else _closing(text, i + 1)
-            if end < 0:
-                raise self.error(f"unterminated {text[i] if text[i] == '`' else text[i:i + 2]}")
-            self.line, self.i = self.line + text.count("\n", i, end), end + 1
-            if text[i] == "$" and after == "{":
-                return ("qvar" if quoted else "var"), text[i + 2:end]
-            return "sub", text[i:end + 1]
-        match = re.compile(r"[A-Za-z_]\w*|\d|[@*#?$!-]").match(text, i + 1)
-        self.i = match.end() if match else i + 1
-        return ("qvar" if quoted else "var", match[0]) if match else ("q" if quoted else "lit", "$")
-
-
-def _closing(text: str, start: int) -> int:
-    """The index of the bracket closing text[start] ( `(` or `{` ), or -1."""
-    opener, depth = text[start], 0
-    for index in range(start, len(text)):
-        depth += (text[index] == opener) - (text[index] == (")" if opener == "(" else "}"))
-        if depth == 0:
-            return index
-    return -1
 
 
 class _Exit(Exception):
@@ -287,13 +118,13 @@ class _State:
         construct = construct if len(construct) <= 60 else construct[:57] + "..."
         return PeftlabError(f"{self.source}:{self.line}: cannot read '{construct}' {HINT}")
 
-    def run(self, statements: list[_Statement]) -> None:
+    def run(self, statements: list[Statement]) -> None:
         try:
             self.block(_keywords_apart(statements))
         except _Exit:
             pass
 
-    def block(self, statements: list[_Statement]) -> None:
+    def block(self, statements: list[Statement]) -> None:
         index = 0
         while index < len(statements):
             statement = statements[index]
@@ -344,8 +175,8 @@ class _State:
     def for_block(self, statements, index: int) -> int:
         end = self.block_end(statements, index, ("for", "while", "until", "select"), "done")
         head, body = statements[index], statements[index + 1:end]
-        name = _plain(head.words[1]) if len(head.words) > 2 else None
-        if not (name and re.fullmatch(r"[A-Za-z_]\w*", name) and _plain(head.words[2]) == "in"
+        name = plain_word(head.words[1]) if len(head.words) > 2 else None
+        if not (name and re.fullmatch(r"[A-Za-z_]\w*", name) and plain_word(head.words[2]) == "in"
                 and body and body[0].head == "do"):
             raise self.cannot(head.raw)
         names = set()
@@ -362,18 +193,18 @@ class _State:
         self.assumed = saved
         return end + 1
 
-    def test(self, words, statement: _Statement, names: set) -> bool:
+    def test(self, words, statement: Statement, names: set) -> bool:
         """A `[ ]`, `[[ ]]`, `test`, `true` or `false` command, on known values only."""
         self.line = statement.line
-        if not words or _plain(words[0]) not in TESTS:
+        if not words or plain_word(words[0]) not in TESTS:
             raise self.cannot(statement.raw)
-        split = _plain(words[0]) != "[["
+        split = plain_word(words[0]) != "[["
         result = _evaluate([value for word in words for value in self.expand(word, names, split)])
         if result is None or any(n[0] in "$`" or n in self.unknown for n in names):
             raise self.cannot(statement.raw)
         return result
 
-    def simple(self, statement: _Statement) -> None:
+    def simple(self, statement: Statement) -> None:
         if statement.sep in ("&&", "||") and self.ok != (statement.sep == "&&"):
             return                             # a && b: b runs when a succeeded; a || b: when it failed
         names = set(self.status_names) if statement.sep in ("&&", "||") else set()
@@ -396,7 +227,7 @@ class _State:
         self.command(statement, [value for word in words[count:] for value in self.expand(word, names)],
                      prefix, names)
 
-    def command(self, statement: _Statement, fields: list, prefix: dict, names: set) -> None:
+    def command(self, statement: Statement, fields: list, prefix: dict, names: set) -> None:
         while fields and fields[0] in ("nohup", "time", "exec", "env", "command"):
             wrapper = fields.pop(0)
             while wrapper == "env" and fields and ASSIGNMENT.match(fields[0]):
@@ -484,7 +315,7 @@ class _State:
         value = self.variables.get(name)
         given = value is not None and (value != "" or ":" not in (op or ""))
         if op and (op.endswith("+") or not given):
-            return _Lexer(word, self.source, self.line).one_word() if given == op.endswith("+") else ""
+            return Lexer(word, self.source, self.line).one_word() if given == op.endswith("+") else ""
         if value is None:
             names.add(name)
         names.update(self.taint.get(name, ()))
@@ -495,13 +326,13 @@ def _is_assignment(word) -> bool:
     return word[0][0] == "lit" and bool(ASSIGNMENT.match(word[0][1]))
 
 
-def _keywords_apart(statements: list[_Statement]) -> list[_Statement]:
+def _keywords_apart(statements: list[Statement]) -> list[Statement]:
     """`then cmd`, `do cmd`, `else cmd`: the keyword, then the command."""
     out = []
     for statement in statements:
         while statement.head in ("then", "do", "else") and len(statement.words) > 1:
-            out.append(_Statement(statement.line, statement.sep, statement.words[:1], statement.head))
-            statement = _Statement(statement.line, ";", statement.words[1:], statement.raw[len(out[-1].raw):])
+            out.append(Statement(statement.line, statement.sep, statement.words[:1], statement.head))
+            statement = Statement(statement.line, ";", statement.words[1:], statement.raw[len(out[-1].raw):])
         out.append(statement)
     return out
 
