@@ -341,3 +341,22 @@ def test_an_eval_offset_evaluates_one_update_early(tmp_path):
     run(config)
     records = read_jsonl(tmp_path / "run" / "log.jsonl")
     assert [r["step"] for r in records if r["kind"] == "eval"] == [1, 3, 4]     # nlprunners' (step+1) % N
+
+
+def test_pad_to_max_length_pads_every_row_and_the_last_step_can_go_unevaluated(tmp_path, monkeypatch):
+    import peftlab.train.loop as loop
+    from peftlab.train.logs import read_jsonl
+    widths = []
+    real = loop.collate
+
+    def spy(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+    monkeypatch.setattr(loop, "collate", spy)
+    config = tiny_run_config(tmp_path, data={"pad_to_max_length": True},
+                             train={"max_steps": 3, "eval_steps": 2, "evaluate_last_step": False})
+    run(config)
+    assert widths and set(widths) == {24}                          # model.max_length in tiny_run_config
+    records = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2]     # step 3 is not an eval step

@@ -207,9 +207,9 @@ def _glue_task(v, out: Translation, given: set) -> str:
         out.notes.append("run_glue.py also reports validation_mismatched in full (run_glue.py:562-565); peftlab "
                          "reports matched only")
     if v("pad_to_max_length"):
-        out.notes.append(f"every example is padded to {min(v('max_seq_length'), limit)} tokens (run_glue.py:396-397); "
-                         f"the inducer's w sees padded keys on RoBERTa (docs/fidelity.md K2), so its share depends "
-                         f"on that padding; peftlab pads per batch: needs data padding to max_length")
+        # the inducer's share sees padded keys on RoBERTa (docs/fidelity.md K2): the padding must be the code's
+        out.set("data.pad_to_max_length", True, f"--pad_to_max_length: every row padded to "
+                                                f"{min(v('max_seq_length'), limit)} tokens (run_glue.py:396-397)")
     out.set("output_dir", v("output_dir"), "--output_dir")
     out.set("overwrite", bool(v("overwrite_output_dir")), "--overwrite_output_dir")
     return task
@@ -301,8 +301,8 @@ def _glue_selection(v, out: Translation, given: set, task: str) -> None:
     elif "eval_steps" in given:
         out.ignore("--eval_steps", "read only with --evaluation_strategy steps")
     out.set("train.select_on", task, "--metric_for_best_model --greater_is_better")
-    out.notes.append("the Trainer evaluates at the end of training only if that step is an evaluation step; "
-                     "peftlab also evaluates (and may keep) the final weights")
+    out.set("train.evaluate_last_step", False, "the Trainer evaluates the last step only when it is an "
+                                               "evaluation step ([tf] trainer.py)")
 
 
 def _glue_method(v, out: Translation, given: set) -> dict:

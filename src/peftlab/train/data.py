@@ -77,9 +77,10 @@ def label_count(kind: str, items: list[Encoded]) -> int:
 
 
 def collate(kind: str, items: list[Encoded], pad_id: int, regression: bool = False,
-            left_pad: bool = False) -> dict:
-    """A padded batch. Decoder prompts for generation are left-padded so that outputs follow them."""
-    width = max(len(i.input_ids) for i in items)
+            left_pad: bool = False, pad_to: int | None = None) -> dict:
+    """A padded batch. Decoder prompts for generation are left-padded so that outputs follow them.
+    `pad_to`: pad every row to this length (the seeds' pad_to_max_length), not to the batch's longest."""
+    width = max(max(len(i.input_ids) for i in items), pad_to or 0)
 
     def pad(seq, value):
         fill = [value] * (width - len(seq))

@@ -13,7 +13,7 @@ from .data import collate, encode
 @torch.no_grad()
 def predict(model, tokenizer, kind: str, task: Task, task_index: int, examples: list[Example],
             max_length: int, max_target_length: int, batch_size: int, adapter: str | None = None,
-            task_ids: bool = False) -> list:
+            task_ids: bool = False, pad_to: int | None = None) -> list:
     """One prediction per example: a class index, a score, or a text (generation tasks)."""
     if adapter is not None:
         pl.activate(model, adapter)
@@ -26,7 +26,7 @@ def predict(model, tokenizer, kind: str, task: Task, task_index: int, examples: 
         for start in range(0, len(encoded), batch_size):
             items = encoded[start: start + batch_size]
             batch = collate(kind, items, tokenizer.pad_token_id, task.kind == "regression",
-                            left_pad=kind == "causal")
+                            left_pad=kind == "causal", pad_to=pad_to)
             batch.pop("labels", None)
             ids = batch.pop("task_ids")
             if task_ids:
@@ -52,9 +52,9 @@ def _predict_batch(model, tokenizer, kind, task, batch, max_target_length) -> li
 
 
 def evaluate(model, tokenizer, kind, task, task_index, examples, max_length, max_target_length,
-             batch_size, adapter=None, task_ids=False) -> dict[str, float]:
+             batch_size, adapter=None, task_ids=False, pad_to=None) -> dict[str, float]:
     predictions = predict(model, tokenizer, kind, task, task_index, examples, max_length, max_target_length,
-                          batch_size, adapter, task_ids)
+                          batch_size, adapter, task_ids, pad_to)
     return compute_metrics(task, predictions, examples)
 
 

@@ -205,7 +205,8 @@ class Trainer:
         task = self.tasks[items[0].task]
         if self.config.adapters == "per_task":
             pl.activate(self.model, self.adapter_names[items[0].task])
-        batch = collate(self.kind, items, self.tokenizer.pad_token_id, task.kind == "regression")
+        batch = collate(self.kind, items, self.tokenizer.pad_token_id, task.kind == "regression",
+                        pad_to=self._pad_to())
         labels = batch.pop("labels")
         task_ids = batch.pop("task_ids")
         if self.task_ids:
@@ -274,7 +275,8 @@ class Trainer:
         for index, (task, split) in enumerate(zip(self.tasks, self.splits)):
             items += encode(self.kind, self.tokenizer, task, index, split["validation"][:4],
                             self.config.model.max_length, self.config.model.max_target_length, True)
-        batch = collate(self.kind, items, self.tokenizer.pad_token_id, left_pad=self.kind == "causal")
+        batch = collate(self.kind, items, self.tokenizer.pad_token_id, left_pad=self.kind == "causal",
+                        pad_to=self._pad_to())
         batch.pop("labels", None)
         task_ids = batch.pop("task_ids")
         if self.task_ids:
@@ -292,8 +294,11 @@ class Trainer:
             adapter = self.adapter_names[index] if cfg.adapters == "per_task" else None
             out[task.name] = evaluate(self.model, self.tokenizer, self.kind, task, index, splits[split],
                                       cfg.model.max_length, budget, cfg.train.eval_batch_size, adapter,
-                                      self.task_ids)
+                                      self.task_ids, self._pad_to())
         return out
+
+    def _pad_to(self) -> int | None:
+        return self.config.model.max_length if self.config.data.pad_to_max_length else None
 
     def _generation_budget(self, final: bool) -> int:
         """New tokens a text-to-text evaluation may generate: the seeds generate at most 20 during training
@@ -305,9 +310,9 @@ class Trainer:
     def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
         """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
         cfg, step = self.config.train, self.state["step"]
-        due = (cfg.eval_strategy == "steps" and ((step + cfg.eval_offset) % cfg.eval_steps == 0
-                                                 or step == self.total_steps)) or \
-              (cfg.eval_strategy == "epoch" and (end_of_epoch or step == self.total_steps))
+        last = step == self.total_steps and cfg.evaluate_last_step
+        due = (cfg.eval_strategy == "steps" and ((step + cfg.eval_offset) % cfg.eval_steps == 0 or last)) or \
+              (cfg.eval_strategy == "epoch" and (end_of_epoch or last))
         if not due and not (cfg.eval_strategy == "no" and step % cfg.eval_steps == 0):
             return False
         decision = [None]

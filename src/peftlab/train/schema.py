@@ -116,6 +116,7 @@ class DataSection(Section):
     task_prefix: bool = True              # text-to-text sources start with the task name (DESIGN §5)
     prefixes: dict = field(default_factory=dict)   # task -> the prefix text, where not the task's name
     text_compat: Literal["compacter", "attempt"] | None = None   # a seed code base's text quirks (seed_configs.md)
+    pad_to_max_length: bool = False       # every row padded to model.max_length (not to the batch's longest)
 
     def check(self):
         require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
@@ -153,6 +154,7 @@ class TrainSection(Section):
     scheduler_step_first: bool = False    # nlprunners: the schedule advances before each update
     fractional_warmup: bool = False       # warmup_ratio * steps kept fractional, not rounded down
     eval_offset: int = 0                  # evaluate when (step + eval_offset) % eval_steps == 0 (nlprunners: 1)
+    evaluate_last_step: bool = True       # false: the last step is evaluated only when it is an eval step (HF)
     seed: int = 42
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int = 500
