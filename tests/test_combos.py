@@ -202,3 +202,20 @@ def test_unipelt_prefix_gate_matches_explicit_softmax_with_log_gate_on_prefix_co
     torch.testing.assert_close(seen["out"], expected, rtol=0, atol=1e-5)
     ungated = reference_attention(layer, seen, batch, prefix=lambda x: (*prefix(x)[:2], 0.0))
     assert_changed(expected, ungated)
+
+
+@pytest.mark.parametrize("method", [lambda: pl.LoRA(r=4), lambda: pl.IA3()])
+def test_merge_unmerge_detach_restores_the_weights_bit_for_bit(method):
+    model = tiny_model("llama")
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    pl.attach(model, method(), name="a")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.37)       # a trained-looking update, not exactly representable
+    pl.merge(model, "a")
+    pl.unmerge(model, "a")
+    pl.merge(model, "a")
+    pl.detach(model, "a")                                   # detach unmerges first
+    after = model.state_dict()
+    assert list(after) == list(original) and all(torch.equal(after[k], v) for k, v in original.items())

@@ -65,9 +65,26 @@ def _apply(model: nn.Module, name: str, merged_now: bool) -> None:
         if not all(torch.isfinite(t).all() for t in tensors.values()):
             raise PeftlabError(f"refusing to merge adapter '{name}': non-finite weights at {host.path}")
     for host, part, tensors in plans:
-        for attr, value in tensors.items():
-            getattr(host.base_layer, attr).copy_(value)
+        layer = host.base_layer
+        if merged_now:      # keep the weights as they were (on the CPU), for an exact unmerge
+            part.__dict__["premerge"] = {a: getattr(layer, a).detach().to("cpu", copy=True) for a in tensors}
+            for attr, value in tensors.items():
+                getattr(layer, attr).copy_(value)
+            part.__dict__["merged_versions"] = {a: getattr(layer, a)._version for a in tensors}
+        else:
+            exact = _premerge(part, layer, tensors)
+            for attr, value in tensors.items():
+                getattr(layer, attr).copy_(exact[attr] if exact else value)
         part.merged = merged_now
+
+
+def _premerge(part, layer, tensors: dict) -> dict | None:
+    """The pre-merge weights, if nothing has written the layer since this merge (the tensors' in-place
+    version counters say so); else None, and the unmerge subtracts the update instead."""
+    saved, versions = part.__dict__.pop("premerge", None), part.__dict__.pop("merged_versions", {})
+    if saved is None or any(versions.get(a) != getattr(layer, a)._version for a in tensors):
+        return None
+    return {a: saved[a].to(getattr(layer, a).device) for a in tensors}
 
 
 def merge(model: nn.Module, name: str) -> nn.Module:
@@ -77,6 +94,7 @@ def merge(model: nn.Module, name: str) -> nn.Module:
 
 
 def unmerge(model: nn.Module, name: str) -> nn.Module:
-    """Undo `merge` (restores the weights up to float rounding)."""
+    """Undo `merge`: the weights as they were, bit for bit, unless something wrote them since (another
+    adapter merged into the same layer, an optimizer step): then the update is subtracted (float rounding)."""
     _apply(model, name, False)
     return model
