@@ -204,7 +204,8 @@ def test_activating_an_unknown_adapter_names_it():
 def test_unsupported_architecture_is_named():
     import transformers as tf
     config = tf.DistilBertConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
-    with pytest.raises(PeftlabError, match=r"model type 'distilbert' has no peftlab layout"):
+    with pytest.raises(PeftlabError, match=r"slot 'attn.q': model type 'distilbert' has no peftlab layout; place "
+                                           r"the method by module name \(target_modules\), e.g. among: .*q_lin"):
         pl.attach(tf.DistilBertModel(config), pl.LoRA())
 
 

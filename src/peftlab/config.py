@@ -47,6 +47,8 @@ def coerce(value: Any, tp, where: str):
             return None
         raise PeftlabError(f"{where}: expected None, got {value!r}")
     if origin is tuple:
+        if isinstance(value, str) and args and args[0] is str and len(args) == 2 and args[1] is Ellipsis:
+            value = (value,)      # one name where a list of names goes (HF PEFT's target_modules="q_proj")
         if not isinstance(value, (list, tuple)):
             raise PeftlabError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any

@@ -71,6 +71,11 @@ def resolve_slot(model, layout: Layout, slot: str, selection: LayerSelection = L
                  stacks: Iterable[str] | None = None) -> list[Site]:
     """Every site of `slot` in the selected stacks and layers; raise when the slot is unknown or empty."""
     real = layout.resolve_alias(slot)
+    if not layout.model_types:     # the generic layout of an architecture peftlab has no map for
+        names = sorted({p.rsplit(".", 1)[-1] for p, m in named_base_modules(model) if p and is_projection(m)})
+        raise PeftlabError(f"slot '{slot}': model type '{layout.name.split('(')[1].split(':')[0]}' has no peftlab "
+                           f"layout; place the method by module name (target_modules), e.g. among: "
+                           f"{', '.join(names[:12])}")
     if slot not in layout.slot_names():
         raise PeftlabError(
             f"slot '{slot}' does not exist in the {layout.name} layout{closest(slot, layout.slot_names())}; "
@@ -124,7 +129,10 @@ def resolve_patterns(model, layout: Layout, patterns: Iterable[str], accept: Cal
     for stack_name, (stack_path, n_layers) in find_stacks(model, layout).items():
         allowed[stack_name] = set(selection.indices(stack_name, n_layers))
     for pattern in patterns:
-        matched = [p for p, _ in candidates if pattern_matches(pattern, p)]
+        if pattern == ALL_LINEAR:
+            matched = [p for p, m in candidates if not _is_output_layer(model, layout, p, m)]
+        else:
+            matched = [p for p, _ in candidates if pattern_matches(pattern, p)]
         if not matched:
             names = sorted({p.rsplit(".", 1)[-1] for p, _ in candidates})
             raise PeftlabError(f"pattern '{pattern}' matched no module{closest(pattern, names)}; "
@@ -138,6 +146,17 @@ def resolve_patterns(model, layout: Layout, patterns: Iterable[str], accept: Cal
     if not sites:
         raise PeftlabError(f"patterns {list(patterns)} matched no module in the selected layers")
     return sites
+
+
+ALL_LINEAR = "all-linear"    # HF PEFT's name for every linear layer but the output layer
+
+
+def _is_output_layer(model, layout: Layout, path: str, module: nn.Module) -> bool:
+    """The layer that produces the logits: the LM head (tied to the embeddings or not) or a task head."""
+    name = path.rsplit(".", 1)[-1]
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = path.split(".")[0] in layout.heads or name in layout.heads
+    return base_module(module) is output or path == layout.lm_head or head
 
 
 def is_conv1d(module: nn.Module) -> bool:

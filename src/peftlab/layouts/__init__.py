@@ -12,11 +12,13 @@ attn_block_norm and ffn_block_norm (the norm over that output plus the residual)
 """
 from __future__ import annotations
 
+from torch import nn
+
 from ..errors import PeftlabError
 from . import bart, bert, gpt2, llama, t5
 from .base import Layout, StackLayout
 
-__all__ = ["Layout", "StackLayout", "layout_for", "layout_for_model_type", "supported_model_types"]
+__all__ = ["Layout", "StackLayout", "generic_layout", "layout_for", "layout_for_model_type", "supported_model_types"]
 
 
 def _all_layouts() -> list[Layout]:
@@ -37,8 +39,27 @@ def layout_for_model_type(model_type: str) -> Layout:
 
 
 def layout_for(model) -> Layout:
+    """The model's layout; for an architecture without one, a generic layout that knows only its stack
+    of layers (the longest ModuleList), so that methods placed by module name (LoRA, IA3, BitFit,
+    adapters on named modules) work on any model, as HF PEFT's do, and slot-placed methods say that the
+    slot does not exist here."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise PeftlabError(f"{type(model).__name__} has no config.model_type; pass a transformers model")
-    return layout_for_model_type(model_type)
+    for layout in _all_layouts():
+        if model_type in layout.model_types:
+            return layout
+    return generic_layout(model, model_type)
+
+
+def generic_layout(model, model_type: str) -> Layout:
+    lists = [(path, len(module)) for path, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) > 0]
+    stacks = {}
+    if lists:
+        path, _ = max(lists, key=lambda item: item[1])
+        stacks["layers"] = StackLayout(path=path, slots={})
+    embeddings = tuple(path for path, module in model.named_modules() if module is model.get_input_embeddings())
+    return Layout(name=f"generic ({model_type}: no peftlab layout; place methods by module name)",
+                  model_types=(), stacks=stacks, embeddings=embeddings)
