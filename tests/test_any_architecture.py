@@ -75,3 +75,55 @@ def test_target_modules_takes_a_string_a_regex_and_all_linear():
     every = lora_layers(pl.LoRA(target_modules="all-linear"))
     assert {p.rsplit(".", 1)[-1] for p in every} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                      "up_proj", "down_proj"}       # not the LM head
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_merge_and_unload_gives_a_plain_model_that_round_trips(arch, tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_batch, tiny_model
+    model = tiny_model(arch)
+    cls = type(model)
+    pl.attach(model, pl.LoRA(r=4), name="a")          # BERT: the classification head trains too
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    batch = {k: v for k, v in tiny_batch(arch).items() if k != "labels"}
+    model.eval()
+    expected = model(**batch).logits
+    plain = pl.merge_and_unload(model)
+    assert type(plain) is cls and not any(".parts." in k or "base_layer" in k for k in plain.state_dict())
+    torch.testing.assert_close(plain(**batch).logits, expected, rtol=1e-5, atol=1e-5)
+    plain.save_pretrained(tmp_path / "merged")
+    reloaded = cls.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_and_unload_refuses_a_prompt_and_changes_nothing():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_model
+    model = tiny_model("t5")
+    pl.attach(model, pl.LoRA(r=2), name="lora", activate=False)
+    pl.attach(model, pl.PromptTuning(length=3), name="prompt", activate=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pl.PeftlabError, match="cannot be merged"):
+        pl.merge_and_unload(model, ["lora", "prompt"])
+    assert set(pl.adapters(model)) == {"lora", "prompt"}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    pl.unload(model)
+    assert not pl.adapters(model)
+
+
+def test_merging_a_prompt_is_refused_not_ignored():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_model
+    model = tiny_model("t5")
+    pl.attach(model, pl.PromptTuning(length=3), name="prompt")
+    with pytest.raises(pl.PeftlabError, match="'prompt' .* cannot be merged"):
+        pl.merge(model, "prompt")

@@ -35,12 +35,13 @@ from .methods.prompt import PromptTuning
 from .methods.spot import SPoT
 from .peft_interop import export_peft
 from .registry import config_from_dict, method_names
+from .unload import merge_and_unload, unload
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attach", "detach", "activate", "deactivate", "train_adapter", "adapters", "summary", "trainable_parameters",
-    "save", "load", "merge", "unmerge", "export_peft", "config_from_dict", "method_names", "average",
+    "save", "load", "merge", "unmerge", "merge_and_unload", "unload", "export_peft", "config_from_dict", "method_names", "average",
     "MethodConfig", "PeftlabError",
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
     "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",

@@ -16,6 +16,9 @@ def _parts(model: nn.Module, name: str):
     if controller is None or name not in controller.adapters:
         raise PeftlabError(f"no adapter named '{name}' is attached")
     attachment = controller.adapters[name]
+    if not attachment.parts:
+        raise PeftlabError(f"adapter '{name}' ({attachment.config.method}) cannot be merged: it has no part in "
+                           f"the weights' layers (it acts on the input or the attention)")
     for path, part in attachment.parts:
         if not (hasattr(part, "delta_weight") or hasattr(part, "merge_scale")):
             raise PeftlabError(f"adapter '{name}' ({attachment.config.method}) cannot be merged: "
