@@ -127,3 +127,28 @@ def test_merging_a_prompt_is_refused_not_ignored():
     pl.attach(model, pl.PromptTuning(length=3), name="prompt")
     with pytest.raises(pl.PeftlabError, match="'prompt' .* cannot be merged"):
         pl.merge(model, "prompt")
+
+
+def test_a_head_with_another_label_count_loads_under_strict_false_and_goes_back_on_detach(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_config
+    config = tiny_config("bert")
+    config.num_labels = 3
+    source = tf.BertForSequenceClassification(config)
+    pl.attach(source, pl.LoRA(r=2), name="a")
+    pl.save(source, tmp_path / "a")
+    config.num_labels = 2
+    target = tf.BertForSequenceClassification(config)
+    original = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(pl.PeftlabError):
+        pl.load(target, tmp_path / "a")                       # strict: refused
+    with pytest.warns(UserWarning, match="3 outputs there and 2 here: replaced by the saved one"):
+        pl.load(target, tmp_path / "a", strict=False)
+    ids = torch.randint(3, 60, (2, 5))
+    assert target(input_ids=ids).logits.shape == (2, 3) and target.config.num_labels == 3
+    torch.testing.assert_close(target.classifier.weight, source.classifier.weight)
+    pl.detach(target, "a")
+    after = target.state_dict()
+    assert target.config.num_labels == 2 and all(torch.equal(after[k], v) for k, v in original.items())

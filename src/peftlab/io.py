@@ -22,6 +22,7 @@ from .core import adapter_state, detach, pick, require
 from .errors import PeftlabError
 from .files import (CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_finite, content_digest, read_json,
                     read_safetensors, regular_file, sha256_of, verify_digest)
+from .heads import fit_heads
 from .registry import config_from_dict
 from .released import is_model_p, nlprunners_source
 from .runtime import named_base_parameters
@@ -157,12 +158,22 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     tensors = read_safetensors(weights)
     check_finite(tensors, weights)
     name = name or meta.get("name") or "default"
+    undo = None if strict else fit_heads(model, tensors, directory)
     return _attach_loaded(model, config, tensors, name, directory / WEIGHTS_FILE, trainable=trainable,
-                          activate=activate)
+                          activate=activate, undo=undo)
 
 
-def _attach_loaded(model, config, tensors: dict, name: str, source, *, trainable: bool, activate: bool):
-    attach(model, config, name, activate=activate, trainable=trainable)
+def _attach_loaded(model, config, tensors: dict, name: str, source, *, trainable: bool, activate: bool,
+                   undo=None):
+    """Attach and fill; `undo` (a head resized for this adapter) runs when it is detached, or now on failure."""
+    try:
+        attach(model, config, name, activate=activate, trainable=trainable)
+    except BaseException:
+        if undo is not None:
+            undo()
+        raise
+    if undo is not None:
+        controller_of(model).adapters[name].journal.record_last(undo)
     try:
         copy_into(adapter_state(model, name), tensors, source)
     except BaseException:
