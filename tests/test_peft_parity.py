@@ -94,3 +94,71 @@ def test_slots_place_what_peft_default_targets_place_on_t5():
     ours = pl.attach(tiny_model("t5"), pl.LoRA(r=8, slots=slots))
     their_count = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
     assert pl.trainable_parameters(ours)[0] == their_count
+
+
+@pytest.mark.parametrize("options", [
+    {"use_rslora": True},
+    {"rank_pattern": {"value": 2, "v": 2, "v_proj": 2}, "alpha_pattern": {"query": 3.0, "q": 3.0, "q_proj": 3.0}},
+    {"bias": "lora_only"},
+    {"lora_bias": True},
+    {"layers_to_transform": [1]},
+    {"task_type": "SEQ_CLS"},                    # PEFT then saves the classifier (modules_to_save)
+])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_peft_lora_options_load_with_equal_logits(options, arch, tmp_path):
+    if options.get("task_type") and arch != "bert":
+        pytest.skip("a classification head: BERT")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], lora_dropout=0.0,
+                             init_lora_weights=False, **options)
+    reference = peft.get_peft_model(tiny_model(arch), config)
+    torch.manual_seed(5)
+    with torch.no_grad():            # trained-looking weights everywhere PEFT trains (incl. biases, the head)
+        for name, p in reference.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    reference.eval()
+    expected = _logits(reference, arch)
+    reference.save_pretrained(tmp_path)
+    ours = tiny_model(arch)
+    pl.load(ours, tmp_path)
+    ours.eval()
+    torch.testing.assert_close(_logits(ours, arch), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_peft_options_peftlab_cannot_reproduce_are_refused_in_one_line(tmp_path):
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS["llama"], use_dora=True)
+    peft.get_peft_model(tiny_model("llama"), config).save_pretrained(tmp_path)
+    with pytest.raises(pl.PeftlabError, match="use_dora=True is not supported"):
+        pl.load(tiny_model("llama"), tmp_path)
+
+
+@pytest.mark.parametrize("unfreeze_layer_norms", [False, True])
+def test_an_adapter_with_a_trained_head_exports_as_modules_to_save(unfreeze_layer_norms, tmp_path):
+    ours = tiny_model("bert")
+    pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("query", "value"), unfreeze_layer_norms=unfreeze_layer_norms),
+              name="a")                                          # train_head is on by default
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ours.eval()
+    expected = _logits(ours, "bert")
+    pl.export_peft(ours, "a", tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
+    torch.testing.assert_close(_logits(theirs, "bert"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bert_prompt_with_its_trained_head_exports_for_peft(tmp_path):
+    ours = tiny_model("bert")
+    pl.attach(ours, pl.PromptTuning(length=4), name="p")        # train_head on: the classifier trains
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ours.eval()
+    expected = _logits(ours, "bert")
+    pl.export_peft(ours, "p", tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
+    torch.testing.assert_close(_logits(theirs, "bert"), expected, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from .errors import PeftlabError
 from .files import atomic_write, read_json, read_safetensors, read_torch_tensors
 from .io import copy_into
 from .layouts import layout_for
-from .methods.ia3 import IA3, IA3Part
+from .methods.ia3 import IA3
 from .methods.lora import LoRA, LoRAPart
 from .methods.prefix import PrefixTuning
 from .methods.prompt import PromptTuning
@@ -26,8 +26,7 @@ from .targeting import is_conv1d
 
 _PREFIX = "base_model.model."
 # HF PEFT options whose meaning peftlab's LoRA does not share: importing them would silently change outputs.
-_UNSUPPORTED = {"use_dora": False, "use_rslora": False, "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
-                "layers_to_transform": None, "modules_to_save": None, "lora_bias": False}
+_UNSUPPORTED = {"use_dora": False}
 
 
 def export_peft(model: nn.Module, name: str | None, directory) -> Path:
@@ -40,19 +39,18 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
         return _export_prompt(model, name, attachment, Path(directory))
     if not isinstance(config, (LoRA, IA3)):
         raise PeftlabError(f"export_peft supports LoRA, IA3, prompt and prefix tuning; '{name}' is {config.method}")
-    if attachment.claimed:
-        raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
-                           "set train_head/unfreeze_* off to export it in HF PEFT's format")
-    if isinstance(config, LoRA) and config.bias:
-        raise PeftlabError(f"adapter '{name}' is a LoRA with a bias (bias=True), which HF PEFT's LoRA files "
-                           f"cannot hold")
+    if isinstance(config, LoRA) and (config.bias or config.rslora or config.rank_pattern or config.alpha_pattern):
+        raise PeftlabError(f"adapter '{name}': export_peft writes plain LoRA (no bias, rslora or rank/alpha "
+                           f"patterns) so far")
     paths = [path for path, _ in attachment.parts]
     fan_in_fan_out = any(is_conv1d(get_module(model, p)) for p in paths)
     meta = {"peft_type": "LORA" if isinstance(config, LoRA) else "IA3", "target_modules": sorted(paths),
             "fan_in_fan_out": fan_in_fan_out, "inference_mode": True, "task_type": None,
             "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
-            "modules_to_save": None}
-    tensors = {}
+            "modules_to_save": _modules_to_save(model, attachment)}
+    # base tensors it trains in place (a task head, layer norms) travel as PEFT's modules_to_save
+    params = dict(model.named_parameters())
+    tensors = {f"{_PREFIX}{key}": params[_live_name(model, key)] for key in attachment.claimed}
     for path, part in attachment.parts:
         key = f"{_PREFIX}{path}"
         if isinstance(part, LoRAPart):
@@ -73,7 +71,22 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     return directory
 
 
-def _config_from_peft(meta: dict, source: Path):
+def _modules_to_save(model, attachment) -> list[str] | None:
+    """The modules owning the base tensors the adapter trains (PEFT matches modules_to_save by suffix)."""
+    modules = sorted({key.rsplit(".", 1)[0] for key in attachment.claimed})
+    return modules or None
+
+
+def _live_name(model, key: str) -> str:
+    """A base parameter's name in the model as it is now (a Host in the path adds `base_layer`)."""
+    names = dict(model.named_parameters())
+    if key in names:
+        return key
+    path, leaf = key.rsplit(".", 1)
+    return f"{path}.base_layer.{leaf}"
+
+
+def _config_from_peft(meta: dict, source: Path, model, raw: dict):
     kind = meta.get("peft_type")
     if kind not in ("LORA", "IA3"):
         raise PeftlabError(f"{source}: peft_type {kind!r} cannot be imported yet (LORA and IA3 can)")
@@ -84,12 +97,40 @@ def _config_from_peft(meta: dict, source: Path):
     targets = (targets,) if isinstance(targets, str) else tuple(targets or ())
     if not targets:
         raise PeftlabError(f"{source}: target_modules is empty")
+    common = {"train_head": _saves_heads(meta, source, model), "layers": _layers(meta, source)}
     if kind == "LORA":
+        bias = meta.get("bias") or "none"
+        if bias not in ("none", "lora_only") or (bias == "lora_only" and meta.get("lora_bias")):
+            raise PeftlabError(f"{source}: HF PEFT option bias={bias!r} (with lora_bias={meta.get('lora_bias')}) is "
+                               f"not supported: peftlab imports bias='lora_only' or lora_bias, one of them")
         return LoRA(r=meta["r"], alpha=float(meta.get("lora_alpha", meta["r"])),
-                    dropout=float(meta.get("lora_dropout", 0.0)), target_modules=targets, train_head=False)
+                    dropout=float(meta.get("lora_dropout", 0.0)), target_modules=targets,
+                    rslora=bool(meta.get("use_rslora")), rank_pattern=dict(meta.get("rank_pattern") or {}),
+                    alpha_pattern=dict(meta.get("alpha_pattern") or {}),
+                    # PEFT saves a bias only where the layer has one (Llama's projections have none)
+                    bias=any(k.endswith((".base_layer.bias", ".lora_B.bias")) for k in raw), **common)
     feedforward = meta.get("feedforward_modules") or ()
     feedforward = (feedforward,) if isinstance(feedforward, str) else tuple(feedforward)
-    return IA3(target_modules=targets, feedforward_modules=feedforward, train_head=False)
+    return IA3(target_modules=targets, feedforward_modules=feedforward, **common)
+
+
+def _saves_heads(meta: dict, source: Path, model) -> bool:
+    """PEFT's modules_to_save (set by itself for SEQ_CLS: classifier, score): the task head trains."""
+    heads = layout_for(model).heads
+    present = [m for m in meta.get("modules_to_save") or () if any(
+        path == m or path.endswith("." + m) for path, _ in model.named_modules())]
+    others = [m for m in present if m.split(".")[0] not in heads]
+    if others:
+        raise PeftlabError(f"{source}: modules_to_save {others[0]!r} is not a task head; peftlab imports the "
+                           f"heads ({', '.join(heads)}) only")
+    return bool(present)
+
+
+def _layers(meta: dict, source: Path):
+    layers = meta.get("layers_to_transform")
+    if layers is None:
+        return None
+    return [layers] if isinstance(layers, int) else list(layers)
 
 
 def _read_peft_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -109,23 +150,36 @@ def import_peft(model: nn.Module, directory, name: str | None = None, *, trainab
     meta = read_json(directory / "adapter_config.json")
     if meta.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
         return _import_prompt(model, directory, meta, name, trainable, activate)
-    config = _config_from_peft(meta, directory / "adapter_config.json")
     raw = _read_peft_weights(directory)
+    config = _config_from_peft(meta, directory / "adapter_config.json", model, raw)
     name = name or "default"
     attach(model, config, name, activate=activate, trainable=trainable)
     try:
-        tensors = {}
-        for key, tensor in raw.items():
-            if not key.startswith(_PREFIX):
-                raise PeftlabError(f"{directory}: unexpected tensor name '{key}'")
-            path, _, leaf = key[len(_PREFIX):].rpartition(".lora_" if ".lora_" in key else ".ia3_l")
-            leaf = ("lora_" + leaf) if ".lora_" in key else "ia3_l"
-            tensors[f"parts.{path}.0.{leaf}"] = tensor.flatten() if leaf == "ia3_l" else tensor
+        parts = {path: part for path, part in require(model).adapters[name].parts}
+        bias_of = lambda path: get_module(model, path).base_layer.bias.detach()  # noqa: E731
+        tensors = dict(_our_name(key, tensor, parts, bias_of, directory) for key, tensor in raw.items())
         copy_into(adapter_state(model, name), tensors, directory / "adapter_model.safetensors")
     except BaseException:
         detach(model, name)
         raise
     return model
+
+
+def _our_name(key: str, tensor: torch.Tensor, parts: dict, bias_of, directory: Path) -> tuple[str, torch.Tensor]:
+    """PEFT's saved name -> peftlab's adapter-state name (and value)."""
+    if not key.startswith(_PREFIX):
+        raise PeftlabError(f"{directory}: unexpected tensor name '{key}'")
+    key = key[len(_PREFIX):]
+    if key.endswith(".base_layer.bias"):        # bias="lora_only": the trained bias of a wrapped layer
+        path = key[: -len(".base_layer.bias")]
+        return f"parts.{path}.0.lora_bias", (tensor - bias_of(path).to(tensor.dtype)) / parts[path].scaling
+    if key.endswith(".lora_B.bias"):            # lora_bias: s * (B A x + b), as peftlab's LoRA bias
+        return f"parts.{key[: -len('.lora_B.bias')]}.0.lora_bias", tensor
+    if ".lora_" in key or key.endswith(".ia3_l"):
+        path, _, leaf = key.rpartition(".lora_" if ".lora_" in key else ".ia3_l")
+        leaf = ("lora_" + leaf) if ".lora_" in key else "ia3_l"
+        return f"parts.{path}.0.{leaf}", tensor.flatten() if leaf == "ia3_l" else tensor
+    return f"base.{key}", tensor                 # modules_to_save: the task head
 
 
 # --- prompt and prefix tuning: one tensor, `prompt_embeddings` -----------------------------------------
@@ -141,12 +195,13 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
     """PEFT's encoder-only prompt (num_transformer_submodules=1), or a flat prefix on decoder-only models
     (PEFT's T5 prefix reuses layers and its BERT/BART prefixes shift positions that ours do not)."""
     config, controller = attachment.config, require(model)
-    if attachment.claimed:
-        raise PeftlabError(f"adapter '{name}' also trains base tensors in place ({attachment.claimed[0]}, ...); "
-                           "set train_head/unfreeze_* off to export it in HF PEFT's format")
     home, task = model.peftlab_adapters[name], _peft_task_type(model, controller.layout)
     meta = {"task_type": task, "inference_mode": True, "num_transformer_submodules": 1,
-            "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None}
+            "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
+            "modules_to_save": _modules_to_save(model, attachment)}
+    # a prompt-learning PeftModel holds the transformers model as `base_model` directly
+    params = dict(model.named_parameters())
+    saved = {f"base_model.{key}": params[_live_name(model, key)] for key in attachment.claimed}
     if isinstance(config, PrefixTuning):
         full_stack = config.stacks in (None, ("decoder",)) and config.layers is None and not config.leave_out
         if task != "CAUSAL_LM" or not config.shift_positions or not full_stack:
@@ -162,7 +217,8 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
         meta.update(peft_type="PROMPT_TUNING", num_virtual_tokens=tensor.shape[0], token_dim=tensor.shape[1],
                     prompt_tuning_init="RANDOM")
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {"prompt_embeddings": tensor.detach().cpu().contiguous().clone()}
+    tensors = {"prompt_embeddings": tensor.detach().cpu().contiguous().clone(),
+               **{k: v.detach().cpu().contiguous().clone() for k, v in saved.items()}}
     atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
     atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory

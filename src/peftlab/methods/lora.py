@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,12 +22,19 @@ class LoRA(LayeredConfig):
     slots: tuple[str, ...] = ("attn.q", "attn.v")
     target_modules: tuple[str, ...] | None = None   # module-name suffixes or full-path regexes; overrides slots
     bias: bool = False    # a trainable bias b in the update, s·(B A x + b), zero at the start (kernel-adapters)
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r (rank-stabilized LoRA; PEFT's use_rslora)
+    rank_pattern: dict = field(default_factory=dict)    # module-name pattern -> r there (PEFT's meaning)
+    alpha_pattern: dict = field(default_factory=dict)   # module-name pattern -> alpha there
 
     def validate(self):
         check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
         check(self.alpha is None or self.alpha != 0, "LoRA.alpha 0 scales the update to nothing; give a non-zero alpha")
         check(0.0 <= self.dropout < 1.0, f"LoRA.dropout must be in [0, 1), got {self.dropout}")
         check(bool(self.slots) or bool(self.target_modules), "LoRA needs slots or target_modules")
+        for key, r in self.rank_pattern.items():
+            check(isinstance(r, int) and r > 0, f"LoRA.rank_pattern[{key!r}] must be a positive int, got {r!r}")
+        for key, a in self.alpha_pattern.items():
+            check(isinstance(a, (int, float)) and a != 0, f"LoRA.alpha_pattern[{key!r}] must be non-zero, got {a!r}")
 
     @property
     def identity_at_init(self) -> bool:
@@ -41,7 +49,7 @@ class LoRAPart(Part):
     role = "add"
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float,
-                 bias: bool = False):
+                 bias: bool = False, rslora: bool = False):
         super().__init__()
         self.lora_A = nn.Linear(in_features, r, bias=False)
         self.lora_B = nn.Linear(r, out_features, bias=False)
@@ -50,7 +58,7 @@ class LoRAPart(Part):
         # kernel-adapters' LoRALinear (nlg/adapters/low_rank_layer.py:97-98,147,222-223): b, zeros, scaled
         self.lora_bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.scaling = alpha / r
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.lora_A.weight.dtype
@@ -94,13 +102,22 @@ def lora_sites(target, slots, target_modules, selection):
     return sites
 
 
-def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, layers, encoder_layers, decoder_layers,
-               leave_out):
+def pattern_value(patterns: dict, path: str, default):
+    """PEFT's per-module override: the first pattern whose match ends the module path (`(.*\.)?KEY$`)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, rslora, rank_pattern, alpha_pattern,
+               layers, encoder_layers, decoder_layers, leave_out):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     for site in lora_sites(target, slots, target_modules, selection):
         dims = feature_dims(target.module(site.path))
         check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
-        target.place(site, LoRAPart(dims[0], dims[1], r, alpha, dropout, bias))
+        rank, scale = pattern_value(rank_pattern, site.path, r), pattern_value(alpha_pattern, site.path, alpha)
+        target.place(site, LoRAPart(dims[0], dims[1], rank, scale, dropout, bias, rslora))
 
 
 register_method("lora", LoRA, build_lora)
