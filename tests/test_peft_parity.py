@@ -98,13 +98,14 @@ def test_slots_place_what_peft_default_targets_place_on_t5():
 
 @pytest.mark.parametrize("options", [
     {"use_rslora": True},
-    {"rank_pattern": {"value": 2, "v": 2, "v_proj": 2}, "alpha_pattern": {"query": 3.0, "q": 3.0, "q_proj": 3.0}},
+    {"rank_pattern": {"value": 2, "v": 2, "v_proj": 2, r"h\.1\.attn\.c_attn": 2},
+     "alpha_pattern": {"query": 3.0, "q": 3.0, "q_proj": 3.0, r"h\.0\.attn\.c_attn": 3.0}},
     {"bias": "lora_only"},
     {"lora_bias": True},
     {"layers_to_transform": [1]},
     {"task_type": "SEQ_CLS"},                    # PEFT then saves the classifier (modules_to_save)
 ])
-@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_peft_lora_options_load_with_equal_logits(options, arch, tmp_path):
     if options.get("task_type") and arch != "bert":
         pytest.skip("a classification head: BERT")
@@ -162,3 +163,20 @@ def test_a_bert_prompt_with_its_trained_head_exports_for_peft(tmp_path):
     pl.export_peft(ours, "p", tmp_path)
     theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
     torch.testing.assert_close(_logits(theirs, "bert"), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"rslora": True}, {"bias": True}, {"layers": [1]},
+                                     {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3.0}}])
+def test_lora_options_export_for_peft_with_equal_logits(options, tmp_path):
+    ours = tiny_model("llama")
+    pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("q_proj", "v_proj"), **options), name="a")
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ours.eval()
+    expected = _logits(ours, "llama")
+    pl.export_peft(ours, "a", tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), tmp_path).eval()
+    torch.testing.assert_close(_logits(theirs, "llama"), expected, rtol=1e-5, atol=1e-5)

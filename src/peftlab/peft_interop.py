@@ -4,6 +4,7 @@ and attach an adapter from a directory HF PEFT saved. Tensor names map one to on
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -39,9 +40,6 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
         return _export_prompt(model, name, attachment, Path(directory))
     if not isinstance(config, (LoRA, IA3)):
         raise PeftlabError(f"export_peft supports LoRA, IA3, prompt and prefix tuning; '{name}' is {config.method}")
-    if isinstance(config, LoRA) and (config.bias or config.rslora or config.rank_pattern or config.alpha_pattern):
-        raise PeftlabError(f"adapter '{name}': export_peft writes plain LoRA (no bias, rslora or rank/alpha "
-                           f"patterns) so far")
     paths = [path for path, _ in attachment.parts]
     fan_in_fan_out = any(is_conv1d(get_module(model, p)) for p in paths)
     meta = {"peft_type": "LORA" if isinstance(config, LoRA) else "IA3", "target_modules": sorted(paths),
@@ -56,11 +54,14 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
         if isinstance(part, LoRAPart):
             tensors[f"{key}.lora_A.weight"] = part.lora_A.weight
             tensors[f"{key}.lora_B.weight"] = part.lora_B.weight
+            if part.lora_bias is not None:          # PEFT's lora_bias: s * (B A x + b)
+                tensors[f"{key}.lora_B.bias"] = part.lora_bias
         else:
             feedforward = part.role == "input"
             tensors[f"{key}.ia3_l"] = part.ia3_l.reshape((1, -1) if feedforward else (-1, 1))
     if isinstance(config, LoRA):
-        meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none")
+        meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
+                    use_rslora=config.rslora, lora_bias=config.bias, **_patterns(attachment.parts, config))
     else:
         meta["feedforward_modules"] = sorted(p for p, part in attachment.parts if part.role == "input")
     directory = Path(directory)
@@ -69,6 +70,19 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
     atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return directory
+
+
+def _patterns(parts, config) -> dict:
+    """Each module whose rank or alpha differs from the config's, by its full path (PEFT's patterns)."""
+    ranks, alphas = {}, {}
+    for path, part in parts:
+        r = part.lora_A.weight.shape[0]
+        alpha = part.scaling * (r ** 0.5 if config.rslora else r)
+        if r != config.r:
+            ranks[re.escape(path)] = r
+        if abs(alpha - config.alpha) > 1e-9 * max(1.0, abs(alpha)):
+            alphas[re.escape(path)] = alpha
+    return {"rank_pattern": ranks, "alpha_pattern": alphas}
 
 
 def _modules_to_save(model, attachment) -> list[str] | None:
