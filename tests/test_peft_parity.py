@@ -127,10 +127,15 @@ def test_peft_lora_options_load_with_equal_logits(options, arch, tmp_path):
 
 
 def test_peft_options_peftlab_cannot_reproduce_are_refused_in_one_line(tmp_path):
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS["llama"], use_dora=True)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS["llama"],
+                             exclude_modules=["model.layers.0.self_attn.q_proj"])
     peft.get_peft_model(tiny_model("llama"), config).save_pretrained(tmp_path)
-    with pytest.raises(pl.PeftlabError, match="use_dora=True is not supported"):
-        pl.load(tiny_model("llama"), tmp_path)
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pl.PeftlabError, match=r"exclude_modules=.* is not supported") as err:
+        pl.load(model, tmp_path)
+    assert "\n" not in str(err.value) and not pl.adapters(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 @pytest.mark.parametrize("unfreeze_layer_norms", [False, True])
@@ -180,3 +185,30 @@ def test_lora_options_export_for_peft_with_equal_logits(options, tmp_path):
     pl.export_peft(ours, "a", tmp_path)
     theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), tmp_path).eval()
     torch.testing.assert_close(_logits(theirs, "llama"), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dora_both_ways_with_equal_logits_and_merge(arch, tmp_path):
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], use_dora=True,
+                             init_lora_weights=False)
+    reference = peft.get_peft_model(tiny_model(arch), config)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in reference.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    reference.eval()
+    expected = _logits(reference, arch)
+    reference.save_pretrained(tmp_path / "peft")
+    ours = tiny_model(arch)
+    original = {k: v.clone() for k, v in ours.state_dict().items()}
+    pl.load(ours, tmp_path / "peft", name="d")
+    ours.eval()
+    torch.testing.assert_close(_logits(ours, arch), expected, rtol=1e-5, atol=1e-5)
+    pl.export_peft(ours, "d", tmp_path / "back")
+    back = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path / "back").eval()
+    torch.testing.assert_close(_logits(back, arch), expected, rtol=1e-5, atol=1e-5)
+    pl.merge(ours, "d")
+    torch.testing.assert_close(_logits(ours, arch), expected, rtol=1e-4, atol=1e-4)
+    pl.detach(ours, "d")
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in original.items())

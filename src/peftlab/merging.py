@@ -76,6 +76,9 @@ def _apply(model: nn.Module, name: str, merged_now: bool) -> None:
             part.__dict__["merged_versions"] = {a: getattr(layer, a)._version for a in tensors}
         else:
             exact = _premerge(part, layer, tensors)
+            if exact is None and getattr(part, "exact_unmerge_only", False):
+                raise PeftlabError(f"cannot unmerge adapter '{name}' at {host.path}: the layer changed since the "
+                                   f"merge and its update depends on the weights it was merged into")
             for attr, value in tensors.items():
                 getattr(layer, attr).copy_(exact[attr] if exact else value)
         part.merged = merged_now

@@ -27,7 +27,10 @@ from .targeting import is_conv1d
 
 _PREFIX = "base_model.model."
 # HF PEFT options whose meaning peftlab's LoRA does not share: importing them would silently change outputs.
-_UNSUPPORTED = {"use_dora": False}
+# HF PEFT options that change which weights or what computation an adapter holds, not read by peftlab:
+# importing a file that sets one is refused rather than silently computing something else
+_UNSUPPORTED = {"layer_replication": None, "trainable_token_indices": None, "exclude_modules": None,
+                "target_parameters": None, "use_qalora": False, "alora_invocation_tokens": None}
 
 
 def export_peft(model: nn.Module, name: str | None, directory) -> Path:
@@ -56,12 +59,15 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
             tensors[f"{key}.lora_B.weight"] = part.lora_B.weight
             if part.lora_bias is not None:          # PEFT's lora_bias: s * (B A x + b)
                 tensors[f"{key}.lora_B.bias"] = part.lora_bias
+            if hasattr(part, "magnitude"):          # DoRA
+                tensors[f"{key}.lora_magnitude_vector"] = part.magnitude
         else:
             feedforward = part.role == "input"
             tensors[f"{key}.ia3_l"] = part.ia3_l.reshape((1, -1) if feedforward else (-1, 1))
     if isinstance(config, LoRA):
         meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
-                    use_rslora=config.rslora, lora_bias=config.bias, **_patterns(attachment.parts, config))
+                    use_rslora=config.rslora, lora_bias=config.bias, use_dora=config.dora,
+                    **_patterns(attachment.parts, config))
     else:
         meta["feedforward_modules"] = sorted(p for p, part in attachment.parts if part.role == "input")
     directory = Path(directory)
@@ -120,7 +126,7 @@ def _config_from_peft(meta: dict, source: Path, model, raw: dict):
         return LoRA(r=meta["r"], alpha=float(meta.get("lora_alpha", meta["r"])),
                     dropout=float(meta.get("lora_dropout", 0.0)), target_modules=targets,
                     rslora=bool(meta.get("use_rslora")), rank_pattern=dict(meta.get("rank_pattern") or {}),
-                    alpha_pattern=dict(meta.get("alpha_pattern") or {}),
+                    alpha_pattern=dict(meta.get("alpha_pattern") or {}), dora=bool(meta.get("use_dora")),
                     # PEFT saves a bias only where the layer has one (Llama's projections have none)
                     bias=any(k.endswith((".base_layer.bias", ".lora_B.bias")) for k in raw), **common)
     feedforward = meta.get("feedforward_modules") or ()
@@ -187,6 +193,8 @@ def _our_name(key: str, tensor: torch.Tensor, parts: dict, bias_of, directory: P
     if key.endswith(".base_layer.bias"):        # bias="lora_only": the trained bias of a wrapped layer
         path = key[: -len(".base_layer.bias")]
         return f"parts.{path}.0.lora_bias", (tensor - bias_of(path).to(tensor.dtype)) / parts[path].scaling
+    if key.endswith(".lora_magnitude_vector"):  # DoRA's magnitude
+        return f"parts.{key[: -len('.lora_magnitude_vector')]}.0.magnitude", tensor
     if key.endswith(".lora_B.bias"):            # lora_bias: s * (B A x + b), as peftlab's LoRA bias
         return f"parts.{key[: -len('.lora_B.bias')]}.0.lora_bias", tensor
     if ".lora_" in key or key.endswith(".ia3_l"):

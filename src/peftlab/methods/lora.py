@@ -11,7 +11,7 @@ from torch import nn
 from ..config import LayeredConfig, check
 from ..registry import register_method
 from ..runtime import Part
-from ..targeting import LayerSelection, feature_dims
+from ..targeting import LayerSelection, feature_dims, is_conv1d
 
 
 @dataclass
@@ -25,6 +25,7 @@ class LoRA(LayeredConfig):
     rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r (rank-stabilized LoRA; PEFT's use_rslora)
     rank_pattern: dict = field(default_factory=dict)    # module-name pattern -> r there (PEFT's meaning)
     alpha_pattern: dict = field(default_factory=dict)   # module-name pattern -> alpha there
+    dora: bool = False    # weight-decomposed LoRA (Liu et al. 2024): a learned magnitude per output row
 
     def validate(self):
         check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
@@ -90,6 +91,43 @@ class LoRAPart(Part):
         return b @ a
 
 
+class DoRAPart(LoRAPart):
+    """DoRA: W' = m ⊙ (W + s·B A) / ||W + s·B A|| (row norms, the norm held constant in the backward pass,
+    as the paper's section 4.3 advises), m starting at ||W||. Added to the base output h = W x + b:
+    (m/||·|| − 1) ⊙ W x + (m/||·||) ⊙ s·B A x."""
+
+    exact_unmerge_only = True     # delta_weight() reads W: after a merge, only the kept weights undo it
+
+    def __init__(self, base_layer: nn.Module, conv1d: bool, in_features: int, out_features: int, r: int,
+                 alpha: float, dropout: float, rslora: bool = False):
+        super().__init__(in_features, out_features, r, alpha, dropout, False, rslora)
+        self.__dict__["base_layer"] = base_layer      # a reference, not a submodule: the host owns it
+        self.conv1d = conv1d
+        self.magnitude = nn.Parameter(self.base_weight().detach().norm(dim=1).clone())
+
+    def base_weight(self) -> torch.Tensor:
+        weight = self.base_layer.weight
+        return weight.T if self.conv1d else weight
+
+    def scale(self) -> torch.Tensor:
+        weight = self.base_weight()
+        norm = (weight + self.scaling * self.lora_B.weight @ self.lora_A.weight).norm(dim=1).detach()
+        return self.magnitude / norm.to(self.magnitude.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale().to(x.dtype)
+        base = torch.nn.functional.linear(x, self.base_weight().to(x.dtype))
+        return (scale - 1) * base + scale * super().forward(x)
+
+    def add_to(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return h + self(x)
+
+    def delta_weight(self) -> torch.Tensor:
+        weight = self.base_weight()
+        a, b = self.factors()
+        return self.scale()[:, None] * (weight + b @ a) - weight
+
+
 def lora_sites(target, slots, target_modules, selection):
     if target_modules:
         return target.pattern_sites(target_modules, selection)
@@ -111,13 +149,19 @@ def pattern_value(patterns: dict, path: str, default):
 
 
 def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, rslora, rank_pattern, alpha_pattern,
-               layers, encoder_layers, decoder_layers, leave_out):
+               dora, layers, encoder_layers, decoder_layers, leave_out):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    check(not (dora and bias), "LoRA: dora and bias together are not supported")
     for site in lora_sites(target, slots, target_modules, selection):
-        dims = feature_dims(target.module(site.path))
+        module = target.module(site.path)
+        dims = feature_dims(module)
         check(dims is not None, f"LoRA cannot wrap {site.path}: it is not a linear projection")
         rank, scale = pattern_value(rank_pattern, site.path, r), pattern_value(alpha_pattern, site.path, alpha)
-        target.place(site, LoRAPart(dims[0], dims[1], rank, scale, dropout, bias, rslora))
+        if dora:
+            part = DoRAPart(module, is_conv1d(module), dims[0], dims[1], rank, scale, dropout, rslora)
+        else:
+            part = LoRAPart(dims[0], dims[1], rank, scale, dropout, bias, rslora)
+        target.place(site, part)
 
 
 register_method("lora", LoRA, build_lora)
