@@ -112,11 +112,7 @@ def test_peft_lora_options_load_with_equal_logits(options, arch, tmp_path):
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], lora_dropout=0.0,
                              init_lora_weights=False, **options)
     reference = peft.get_peft_model(tiny_model(arch), config)
-    torch.manual_seed(5)
-    with torch.no_grad():            # trained-looking weights everywhere PEFT trains (incl. biases, the head)
-        for name, p in reference.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
+    _train_three_steps(reference, arch)      # everything PEFT trains (biases, the head) moves
     reference.eval()
     expected = _logits(reference, arch)
     reference.save_pretrained(tmp_path)
@@ -192,11 +188,7 @@ def test_dora_both_ways_with_equal_logits_and_merge(arch, tmp_path):
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], use_dora=True,
                              init_lora_weights=False)
     reference = peft.get_peft_model(tiny_model(arch), config)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for p in reference.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
+    _train_three_steps(reference, arch)
     reference.eval()
     expected = _logits(reference, arch)
     reference.save_pretrained(tmp_path / "peft")
@@ -212,3 +204,15 @@ def test_dora_both_ways_with_equal_logits_and_merge(arch, tmp_path):
     torch.testing.assert_close(_logits(ours, arch), expected, rtol=1e-4, atol=1e-4)
     pl.detach(ours, "d")
     assert all(torch.equal(ours.state_dict()[k], v) for k, v in original.items())
+
+
+def _train_three_steps(model, arch: str) -> None:
+    """Three optimizer steps on random data (different batches), as a user's short run would."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    model.train()
+    for seed in range(3):
+        batch = tiny_batch(arch, seed=10 + seed)
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
