@@ -183,3 +183,12 @@ def test_generation_budgets_are_the_codes():
     config = RunConfig.from_dict(attempt.config)
     assert (config.model.eval_max_new_tokens, config.model.final_max_new_tokens) == (19, 19)
     assert "val_max_target_length" in attempt.ignored
+
+
+def test_attempt_scores_every_task_with_the_first_tasks_metrics():
+    """run_seq2seq.py:403-424, eval_seq2seq.py:368-389: a SuperGLUE run led by BoolQ scores CB by accuracy."""
+    config = config_of({**ATTEMPT, "task_name": ["superglue-boolq", "superglue-cb"]})
+    assert config.data.metrics_from == "boolq"
+    boolq, cb = config.task_list()
+    assert cb.metrics == boolq.metrics == get_task("boolq").metrics != get_task("cb").metrics
+    assert config_of(COMPACTER).data.metrics_from is None

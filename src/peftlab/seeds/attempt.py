@@ -59,8 +59,8 @@ def _starting_files(keys: Keys, out: Translation, config: dict, tasks: list[str]
         named = [str(t) for t in as_list(keys.get("eval_dataset_name") or keys.get("task_name"))]
         config["target_files"] = [str(folder / f"prefix_embeddings_{task}.pt") for task in named]
         out.notes.append("evaluation only, as eval_seq2seq.py: G and each task's target prompt are read from "
-                         "output_dir; peftlab scores each task with its own metrics (the code scores every "
-                         "task with task_name[0]'s, eval_seq2seq.py:368-389)")
+                         "output_dir")
+
         for key in ("attn_path_sub", "layer_norm_dir", "load_attention", "load_layer_norm"):
             if key in keys:
                 keys.get(key)

@@ -90,6 +90,11 @@ def translate_seq2seq(data: dict, source: str, code_base: str | None = None, roo
     do_train = bool(keys.get("do_train", False)) and not evaluate_only
     out.set("do_train", do_train, "do_train" if "do_train" in keys else "do_train (absent: false)")
     tasks = _tasks(keys, out, source, do_train)
+    if code_base == "attempt" and len(tasks) > 1:
+        # ATTEMPT scores every task with task_name[0]'s metrics (run_seq2seq.py:403-404, 417-424;
+        # eval_seq2seq.py:368-389): CB gets accuracy only in a SuperGLUE run led by BoolQ
+        out.set("data.metrics_from", get_task(str(as_list(keys.get("task_name"))[0])).name,
+                "task_name[0] (its metrics score every task)")
     method, extra = method_for(keys, out, code_base, tasks, do_train, root)
     out.set("method", method, "the method keys (see each field)")
     for dotted, (value, origin) in extra.items():

@@ -117,6 +117,7 @@ class DataSection(Section):
     prefixes: dict = field(default_factory=dict)   # task -> the prefix text, where not the task's name
     text_compat: Literal["compacter", "attempt"] | None = None   # a seed code base's text quirks (seed_configs.md)
     pad_to_max_length: bool = False       # every row padded to model.max_length (not to the batch's longest)
+    metrics_from: str | None = None       # score every task with this task's metrics (ATTEMPT's eval scripts)
 
     def check(self):
         require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
@@ -239,6 +240,8 @@ class RunConfig(Section):
         require(prefixed <= set(self.tasks), f"data.prefixes names {sorted(prefixed - set(self.tasks))}, "
                                              f"not a task of this run")
         self.data.prefixes = {get_task(t).name: str(v) for t, v in self.data.prefixes.items()}
+        if self.data.metrics_from is not None:
+            self.data.metrics_from = get_task(self.data.metrics_from).name
         if self.train.select_on is not None:
             self.train.select_on = get_task(self.train.select_on).name
             require(self.train.select_on in self.tasks, f"train.select_on '{self.train.select_on}' is not a task "
@@ -254,7 +257,9 @@ class RunConfig(Section):
         """The run's tasks, formatted as the config says (with or without the task-name prefix)."""
         def prefix(task):
             return self.data.prefixes.get(task, True) if self.data.task_prefix else False
-        return [replace(get_task(t), prefix=prefix(t), text_compat=self.data.text_compat) for t in self.tasks]
+        metrics = get_task(self.data.metrics_from).metrics if self.data.metrics_from else None
+        return [replace(get_task(t), prefix=prefix(t), text_compat=self.data.text_compat,
+                        metrics=metrics or get_task(t).metrics) for t in self.tasks]
 
 
 def read_config_file(path) -> dict:
