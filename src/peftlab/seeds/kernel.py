@@ -179,6 +179,6 @@ def _nlg_generation(keys: Keys, out: Translation, evaluate_only: bool) -> None:
         refuse(out.source, "min_length", "resamples early special tokens (evaluate.py:108-113); peftlab has no minimum")
     budget = keys.get("max_length", 40)
     out.set("model.max_target_length", 512, "training targets untruncated (train.py:131-153)")
-    out.notes.append(f"evaluate.py stops after {budget} new tokens or at any of the 6 webnlg tokens, re-encoding the "
-                     f"whole sequence each step (evaluate.py:84-116); peftlab's generation budget is "
-                     f"model.max_target_length (512 here, so training targets stay whole): needs a separate budget")
+    out.set("model.eval_max_new_tokens", budget, "max_length: evaluate.py's new tokens (evaluate.py:84-116, 150)")
+    out.set("model.final_max_new_tokens", budget, "max_length (evaluate.py:150)")
+    out.notes.append("evaluate.py also stops at any of the 6 webnlg tokens (evaluate.py:80, 115-116)")
