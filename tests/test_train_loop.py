@@ -360,3 +360,19 @@ def test_pad_to_max_length_pads_every_row_and_the_last_step_can_go_unevaluated(t
     assert widths and set(widths) == {24}                          # model.max_length in tiny_run_config
     records = read_jsonl(tmp_path / "run" / "log.jsonl")
     assert [r["step"] for r in records if r["kind"] == "eval"] == [2]     # step 3 is not an eval step
+
+
+def test_selection_by_validation_loss_keeps_the_lowest_and_generates_nothing_meanwhile(tmp_path, monkeypatch):
+    from peftlab.train.logs import read_jsonl
+    evaluated = []
+    real = Trainer.evaluate_split
+    monkeypatch.setattr(Trainer, "evaluate_split",
+                        lambda self, split, final=False: evaluated.append(final) or real(self, split, final))
+    config = tiny_run_config(tmp_path, arch="t5", train={"max_steps": 4, "eval_steps": 1, "select_metric": "loss",
+                                                          "label_smoothing": 0.3})
+    trainer, results = run(config)
+    evals = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 4 and all("validation_loss" in r and r["average"] == -r["validation_loss"] for r in evals)
+    best = min(evals, key=lambda r: r["validation_loss"])
+    assert results["best_step"] == best["step"]
+    assert evaluated and all(evaluated)          # generation only for the final validation and test

@@ -141,9 +141,7 @@ def _nlg_training(keys: Keys, out: Translation, processes: int, run_dir: str) ->
     if metric != "average_ppl":
         refuse(src, f"early_stop_metric {metric}", "only average_ppl exists (train.py:514-532)")
     out.set("output_dir", run_dir, "train.py's run folder without time and host (utils.py:165-170, train.py:548-549)")
-    out.notes.append("the code keeps the checkpoint of lowest dev perplexity and stops after `patience` epochs "
-                     "without a lower one (train.py:522-538, 576-599); peftlab selects and stops on the task's "
-                     "validation metric: needs train selection by validation loss")
+    out.set("train.select_metric", "loss", "the checkpoint of lowest dev perplexity (train.py:522-538, 576-599)")
 
 
 def _nlg_evaluate_only(keys: Keys, out: Translation, run_dir: str, results: str, source: str) -> None:

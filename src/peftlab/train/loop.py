@@ -201,7 +201,7 @@ class Trainer:
         total = acc.reduce(total.to(acc.device), reduction="sum") if acc.num_processes > 1 else total
         return float(total) / max(denominator, 1)
 
-    def _forward_loss(self, items) -> torch.Tensor:
+    def _forward_loss(self, items, smoothing: float | None = None) -> torch.Tensor:
         task = self.tasks[items[0].task]
         if self.config.adapters == "per_task":
             pl.activate(self.model, self.adapter_names[items[0].task])
@@ -216,7 +216,23 @@ class Trainer:
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         logits = self.ddp_model(**batch).logits
         return loss_sum(self.kind, logits, labels.to(logits.device), task.kind == "regression",
-                        self.config.train.label_smoothing)
+                        self.config.train.label_smoothing if smoothing is None else smoothing)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean loss per label over every task's validation rows, without label smoothing."""
+        cfg, was_training = self.config, self.model.training
+        self.model.eval()
+        total, labels = 0.0, 0
+        for index, (task, split) in enumerate(zip(self.tasks, self.splits)):
+            items = encode(self.kind, self.tokenizer, task, index, split["validation"], cfg.model.max_length,
+                           cfg.model.max_target_length)
+            for start in range(0, len(items), cfg.train.eval_batch_size):
+                chunk = items[start: start + cfg.train.eval_batch_size]
+                total += float(self._forward_loss(chunk, smoothing=0.0))
+                labels += label_count(self.kind, chunk)
+        self.model.train(was_training)
+        return total / max(labels, 1)
 
     def _stop_if_not_finite(self, loss: float) -> None:
         if math.isfinite(loss):
@@ -329,11 +345,17 @@ class Trainer:
         return decision[0]["stop"]
 
     def _record_evaluation(self) -> bool:
-        scores = self.evaluate_split("validation")
-        chosen = self.config.train.select_on
-        score = average(scores[chosen]) if chosen else sum(average(m) for m in scores.values()) / len(scores)
-        record = {"kind": "eval", "step": self.state["step"], "epoch": self._epochs_done(), "average": score}
-        record.update({f"{task}/{name}": value for task, m in scores.items() for name, value in m.items()})
+        record = {"kind": "eval", "step": self.state["step"], "epoch": self._epochs_done()}
+        if self.config.train.select_metric == "loss":     # kernel-adapters' NLG: lowest validation perplexity
+            loss = self.validation_loss()
+            scores, score = None, -loss
+            record.update(validation_loss=loss, perplexity=math.exp(min(loss, 700.0)))
+        else:
+            scores = self.evaluate_split("validation")
+            chosen = self.config.train.select_on
+            score = average(scores[chosen]) if chosen else sum(average(m) for m in scores.values()) / len(scores)
+            record.update({f"{task}/{name}": value for task, m in scores.items() for name, value in m.items()})
+        record["average"] = score
         self.log.write(record)
         best = self.state["best"]
         improved = best is None or (math.isfinite(score) and score > best)

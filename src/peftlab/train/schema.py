@@ -162,6 +162,7 @@ class TrainSection(Section):
     log_steps: int = 10
     early_stopping_patience: int | None = None   # evaluations without improvement before stopping
     select_on: str | None = None          # a task whose validation metric alone picks the best checkpoint
+    select_metric: Literal["metric", "loss"] = "metric"   # loss: the lowest validation loss (no generation)
     param_groups: tuple[dict, ...] = ()   # [{pattern, learning_rate, weight_decay}]: first match wins
     tensorboard: bool = True
     progress_bar: bool = True
