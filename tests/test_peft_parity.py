@@ -139,31 +139,13 @@ def test_an_adapter_with_a_trained_head_exports_as_modules_to_save(unfreeze_laye
     ours = tiny_model("bert")
     pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("query", "value"), unfreeze_layer_norms=unfreeze_layer_norms),
               name="a")                                          # train_head is on by default
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in ours.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    ours.eval()
-    expected = _logits(ours, "bert")
-    pl.export_peft(ours, "a", tmp_path)
-    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
-    torch.testing.assert_close(_logits(theirs, "bert"), expected, rtol=1e-5, atol=1e-5)
+    _assert_peft_loads_the_export(ours, "bert", "a", tmp_path, seed=3)
 
 
 def test_a_bert_prompt_with_its_trained_head_exports_for_peft(tmp_path):
     ours = tiny_model("bert")
     pl.attach(ours, pl.PromptTuning(length=4), name="p")        # train_head on: the classifier trains
-    torch.manual_seed(4)
-    with torch.no_grad():
-        for p in ours.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    ours.eval()
-    expected = _logits(ours, "bert")
-    pl.export_peft(ours, "p", tmp_path)
-    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
-    torch.testing.assert_close(_logits(theirs, "bert"), expected, rtol=1e-5, atol=1e-5)
+    _assert_peft_loads_the_export(ours, "bert", "p", tmp_path, seed=4)
 
 
 @pytest.mark.parametrize("options", [{"rslora": True}, {"bias": True}, {"layers": [1]},
@@ -171,16 +153,7 @@ def test_a_bert_prompt_with_its_trained_head_exports_for_peft(tmp_path):
 def test_lora_options_export_for_peft_with_equal_logits(options, tmp_path):
     ours = tiny_model("llama")
     pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("q_proj", "v_proj"), **options), name="a")
-    torch.manual_seed(6)
-    with torch.no_grad():
-        for p in ours.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    ours.eval()
-    expected = _logits(ours, "llama")
-    pl.export_peft(ours, "a", tmp_path)
-    theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), tmp_path).eval()
-    torch.testing.assert_close(_logits(theirs, "llama"), expected, rtol=1e-5, atol=1e-5)
+    _assert_peft_loads_the_export(ours, "llama", "a", tmp_path, seed=6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -216,3 +189,17 @@ def _train_three_steps(model, arch: str) -> None:
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+
+
+def _assert_peft_loads_the_export(ours, arch: str, name: str, tmp_path, seed: int) -> None:
+    """Give every trainable tensor of `ours` a trained-looking value, export it, and check PEFT's logits."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ours.eval()
+    expected = _logits(ours, arch)
+    pl.export_peft(ours, name, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path).eval()
+    torch.testing.assert_close(_logits(theirs, arch), expected, rtol=1e-5, atol=1e-5)

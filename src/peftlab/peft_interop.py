@@ -50,8 +50,7 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
             "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
             "modules_to_save": _modules_to_save(model, attachment)}
     # base tensors it trains in place (a task head, layer norms) travel as PEFT's modules_to_save
-    params = dict(model.named_parameters())
-    tensors = {f"{_PREFIX}{key}": params[_live_name(model, key)] for key in attachment.claimed}
+    tensors = _claimed_tensors(model, attachment, _PREFIX)
     for path, part in attachment.parts:
         key = f"{_PREFIX}{path}"
         if isinstance(part, LoRAPart):
@@ -97,13 +96,15 @@ def _modules_to_save(model, attachment) -> list[str] | None:
     return modules or None
 
 
-def _live_name(model, key: str) -> str:
-    """A base parameter's name in the model as it is now (a Host in the path adds `base_layer`)."""
-    names = dict(model.named_parameters())
-    if key in names:
-        return key
-    path, leaf = key.rsplit(".", 1)
-    return f"{path}.base_layer.{leaf}"
+def _claimed_tensors(model, attachment, prefix: str) -> dict:
+    """The base tensors the adapter trains in place, under PEFT's names (a Host in a path adds
+    `base_layer` to the live name)."""
+    params = dict(model.named_parameters())
+
+    def live(key: str):
+        path, leaf = key.rsplit(".", 1)
+        return params[key] if key in params else params[f"{path}.base_layer.{leaf}"]
+    return {f"{prefix}{key}": live(key) for key in attachment.claimed}
 
 
 def _config_from_peft(meta: dict, source: Path, model, raw: dict):
@@ -222,8 +223,7 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
             "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
             "modules_to_save": _modules_to_save(model, attachment)}
     # a prompt-learning PeftModel holds the transformers model as `base_model` directly
-    params = dict(model.named_parameters())
-    saved = {f"base_model.{key}": params[_live_name(model, key)] for key in attachment.claimed}
+    saved = _claimed_tensors(model, attachment, "base_model.")
     if isinstance(config, PrefixTuning):
         full_stack = config.stacks in (None, ("decoder",)) and config.layers is None and not config.leave_out
         if task != "CAUSAL_LM" or not config.shift_positions or not full_stack:

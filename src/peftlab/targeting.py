@@ -73,7 +73,7 @@ def resolve_slot(model, layout: Layout, slot: str, selection: LayerSelection = L
     real = layout.resolve_alias(slot)
     if not layout.model_types:     # the generic layout of an architecture peftlab has no map for
         names = sorted({p.rsplit(".", 1)[-1] for p, m in named_base_modules(model) if p and is_projection(m)})
-        raise PeftlabError(f"slot '{slot}': model type '{layout.name.split('(')[1].split(':')[0]}' has no peftlab "
+        raise PeftlabError(f"slot '{slot}': model type '{getattr(model.config, 'model_type', '?')}' has no peftlab "
                            f"layout; place the method by module name (target_modules), e.g. among: "
                            f"{', '.join(names[:12])}")
     if slot not in layout.slot_names():

@@ -21,7 +21,7 @@ from .base import Translation
 from .seq2seq import translate_seq2seq
 from .shell import Command, command_from_argv, markdown_commands, python_commands
 
-__all__ = ["Translation", "translate", "is_original", "translate_mapping"]
+__all__ = ["Translation", "translate", "is_original", "translate_mapping", "code_root"]
 
 SEQ2SEQ_SCRIPTS = {"run_seq2seq.py": False, "eval_seq2seq.py": True, "finetune_t5_trainer.py": False}
 KERNEL_SCRIPTS = {"train.py", "evaluate.py", "run_glue.py"}
@@ -49,7 +49,7 @@ def translate(original, argv: list[str] | None = None) -> list[Translation]:
         raise PeftlabError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return [translate_mapping(_read_json(path), str(path), _code_root(path, "configs"))]
+        return [translate_mapping(_read_json(path), str(path), code_root(path, "configs"))]
     text = _read_text(path)
     if suffix == ".sh":
         commands = python_commands(text, source=str(path))
@@ -60,7 +60,7 @@ def translate(original, argv: list[str] | None = None) -> list[Translation]:
                            f"markdown file of command lines (.md), or a command after `--`")
     if not commands:
         raise PeftlabError(f"{path}: holds no python command line")
-    root = _code_root(path, "scripts") if suffix == ".sh" else Path.cwd()
+    root = code_root(path, "scripts") if suffix == ".sh" else Path.cwd()
     return [_command(c, f"{path}:{c.line}", root) for c in commands]
 
 
@@ -73,7 +73,7 @@ def _command(command: Command, source: str, root: Path) -> Translation:
         path = Path(args[0]) if Path(args[0]).is_absolute() else root / args[0]
         if not path.is_file():
             raise PeftlabError(f"{source}: {args[0]}: file not found (looked in {root})")
-        return translate_seq2seq(_read_json(path), f"{source} ({path})", root=_code_root(path, "configs"),
+        return translate_seq2seq(_read_json(path), f"{source} ({path})", root=code_root(path, "configs"),
                                  evaluate_only=SEQ2SEQ_SCRIPTS[script])
     if script in KERNEL_SCRIPTS:
         return kernel_glue.translate_command(command.script, args, source, command.processes, base_dir=root)
@@ -83,7 +83,7 @@ def _command(command: Command, source: str, root: Path) -> Translation:
     raise PeftlabError(f"{source}: '{command.script}' is not a script of the four code bases ({', '.join(known)})")
 
 
-def _code_root(path: Path, folder: str) -> Path:
+def code_root(path: Path, folder: str) -> Path:
     """The code base's working directory: the parent of the `configs` (or `scripts`) folder holding the file."""
     for parent in path.resolve().parents:
         if parent.name == folder:

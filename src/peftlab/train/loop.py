@@ -82,6 +82,7 @@ class Trainer:
         # mixing weights are probed on validation rows at each log; a model whose first probe records none
         # has no mixing module (attachments are fixed for the run), so later logs skip the extra forward
         self.probe_mixing = True
+        self.validation_items = None      # for train.select_metric: loss
         self.adapter_names = list(pl.adapters(self.model))
         self.train_sets = [encode(self.kind, self.tokenizer, t, i, s["train"], config.model.max_length,
                                   config.model.max_target_length) for i, (t, s) in enumerate(zip(self.tasks, self.splits))]
@@ -224,9 +225,11 @@ class Trainer:
         cfg, was_training = self.config, self.model.training
         self.model.eval()
         total, labels = 0.0, 0
-        for index, (task, split) in enumerate(zip(self.tasks, self.splits)):
-            items = encode(self.kind, self.tokenizer, task, index, split["validation"], cfg.model.max_length,
-                           cfg.model.max_target_length)
+        if self.validation_items is None:     # encoded once, evaluated at every evaluation
+            self.validation_items = [encode(self.kind, self.tokenizer, task, index, split["validation"],
+                                            cfg.model.max_length, cfg.model.max_target_length)
+                                     for index, (task, split) in enumerate(zip(self.tasks, self.splits))]
+        for items in self.validation_items:
             for start in range(0, len(items), cfg.train.eval_batch_size):
                 chunk = items[start: start + cfg.train.eval_batch_size]
                 total += float(self._forward_loss(chunk, smoothing=0.0))

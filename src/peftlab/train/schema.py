@@ -325,9 +325,9 @@ def run_mappings(path=None, argv=None) -> list[tuple[dict, dict]]:
     if path.suffix.lower() not in (".json", ".yaml", ".yml"):
         return [(t.config, t.origin) for t in seeds.translate(path)]
     data = read_config_file(path)
-    if seeds.is_original(data):
-        found = seeds.translate(path) if path.suffix == ".json" else [seeds.translate_mapping(data, str(path))]
-        return [(t.config, t.origin) for t in found]
+    if seeds.is_original(data):      # read once: translated from the mapping, paths against its code root
+        found = seeds.translate_mapping(data, str(path), seeds.code_root(path, "configs"))
+        return [(found.config, found.origin)]
     return [(data, {})]
 
 
