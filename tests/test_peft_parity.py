@@ -16,6 +16,7 @@ IA3_TARGETS = {"t5": (["k", "v", "wo"], ["wo"]), "bert": (["key", "value", "outp
                "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
                "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"])}
 ARCHS = list(LORA_TARGETS)
+LAYER_LISTS = {"t5": "block", "bert": "layer", "gpt2": "h", "llama": "layers"}   # PEFT's layers_pattern
 
 
 def _peft_config(kind, arch):
@@ -102,13 +103,18 @@ def test_slots_place_what_peft_default_targets_place_on_t5():
      "alpha_pattern": {"query": 3.0, "q": 3.0, "q_proj": 3.0, r"h\.0\.attn\.c_attn": 3.0}},
     {"bias": "lora_only"},
     {"lora_bias": True},
+    {"bias": "all"},                             # every base bias trains (LoRA.train_biases)
     {"layers_to_transform": [1]},
+    {"layers_to_transform": [1], "layers_pattern": "LAYERS"},
     {"task_type": "SEQ_CLS"},                    # PEFT then saves the classifier (modules_to_save)
+    {"task_type": "SEQ_CLS", "bias": "all"},
 ])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_peft_lora_options_load_with_equal_logits(options, arch, tmp_path):
     if options.get("task_type") and arch != "bert":
         pytest.skip("a classification head: BERT")
+    if options.get("layers_pattern"):
+        options = {**options, "layers_pattern": LAYER_LISTS[arch]}
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], lora_dropout=0.0,
                              init_lora_weights=False, **options)
     reference = peft.get_peft_model(tiny_model(arch), config)
@@ -142,18 +148,39 @@ def test_an_adapter_with_a_trained_head_exports_as_modules_to_save(unfreeze_laye
     _assert_peft_loads_the_export(ours, "bert", "a", tmp_path, seed=3)
 
 
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "llama"])
+def test_seq2seq_and_causal_adapters_with_trained_lm_head_and_norms_export_as_modules_to_save(arch, tmp_path):
+    config = pl.LoRA(r=4, alpha=8, target_modules=tuple(LORA_TARGETS[arch]), unfreeze_lm_head=True,
+                     unfreeze_layer_norms=True)
+    ours = tiny_model(arch)
+    if ours.lm_head.weight is ours.get_input_embeddings().weight:     # a head tied to the input embedding
+        pl.attach(ours, config, name="a")
+        with pytest.raises(pl.PeftlabError, match="'lm_head.weight' is tied to"):
+            pl.export_peft(ours, "a", tmp_path / "tied")
+        assert not (tmp_path / "tied").exists()
+        pl.detach(ours, "a")
+        ours.config.tie_word_embeddings = False
+        ours.lm_head.weight = torch.nn.Parameter(ours.lm_head.weight.detach().clone())
+    pl.attach(ours, config, name="a")
+    _assert_peft_loads_the_export(ours, arch, "a", tmp_path, seed=8, untied=True)
+
+
 def test_a_bert_prompt_with_its_trained_head_exports_for_peft(tmp_path):
     ours = tiny_model("bert")
     pl.attach(ours, pl.PromptTuning(length=4), name="p")        # train_head on: the classifier trains
     _assert_peft_loads_the_export(ours, "bert", "p", tmp_path, seed=4)
 
 
-@pytest.mark.parametrize("options", [{"rslora": True}, {"bias": True}, {"layers": [1]},
-                                     {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3.0}}])
-def test_lora_options_export_for_peft_with_equal_logits(options, tmp_path):
-    ours = tiny_model("llama")
-    pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("q_proj", "v_proj"), **options), name="a")
-    _assert_peft_loads_the_export(ours, "llama", "a", tmp_path, seed=6)
+@pytest.mark.parametrize("options", [{"rslora": True}, {"bias": True}, {"layers": [1]}, {"train_biases": True},
+                                     {"dora": True}, {"rank_pattern": {"V": 2}, "alpha_pattern": {"Q": 3.0}}])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_options_export_for_peft_with_equal_logits(options, arch, tmp_path):
+    q, v = (LORA_TARGETS[arch] * 2)[:2]
+    options = {k: ({v: r for r in value.values()} if k == "rank_pattern" else
+                   {q: a for a in value.values()} if k == "alpha_pattern" else value) for k, value in options.items()}
+    ours = tiny_model(arch)
+    pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=tuple(LORA_TARGETS[arch]), **options), name="a")
+    _assert_peft_loads_the_export(ours, arch, "a", tmp_path, seed=6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -191,7 +218,7 @@ def _train_three_steps(model, arch: str) -> None:
         optimizer.zero_grad()
 
 
-def _assert_peft_loads_the_export(ours, arch: str, name: str, tmp_path, seed: int) -> None:
+def _assert_peft_loads_the_export(ours, arch: str, name: str, tmp_path, seed: int, untied=False) -> None:
     """Give every trainable tensor of `ours` a trained-looking value, export it, and check PEFT's logits."""
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -201,5 +228,9 @@ def _assert_peft_loads_the_export(ours, arch: str, name: str, tmp_path, seed: in
     ours.eval()
     expected = _logits(ours, arch)
     pl.export_peft(ours, name, tmp_path)
-    theirs = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path).eval()
+    base = tiny_model(arch)
+    if untied:
+        base.config.tie_word_embeddings = False
+        base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path).eval()
     torch.testing.assert_close(_logits(theirs, arch), expected, rtol=1e-5, atol=1e-5)

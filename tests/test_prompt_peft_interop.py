@@ -53,17 +53,49 @@ def test_import_of_a_peft_directory_gives_peft_logits(arch, config, tmp_path):
         torch.testing.assert_close(model(**batch).logits, ref(**batch).logits, rtol=0, atol=1e-5)
 
 
-def test_unexportable_prefix_and_decoder_prompts_are_refused(tmp_path):
+def test_unexportable_prefix_is_refused(tmp_path):
     model = tiny_model("t5")
     pl.attach(model, pl.PrefixTuning(prefix_length=2, train_head=False), "a")
     with pytest.raises(pl.PeftlabError, match="decoder-only"):
         pl.export_peft(model, "a", tmp_path / "x")
+
+
+def _trained_peft_t5_prompt(tmp_path, **config):
+    """PEFT's default T5 prompt tuning (num_transformer_submodules=2: 2m stored rows), trained 3 steps."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = peft.get_peft_model(tiny_model("t5"), peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
-                                                                           num_virtual_tokens=2))
+        ref = peft.get_peft_model(tiny_model("t5"), peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", **config))
+    optimizer = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=0.1)
+    for step in range(3):
+        ref(**tiny_batch("t5", seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
     ref.save_pretrained(tmp_path / "two")
+    return ref.eval()
+
+
+def test_t5_prompt_with_peft_default_two_submodules_loads_with_peft_logits(tmp_path):
+    ref = _trained_peft_t5_prompt(tmp_path, num_virtual_tokens=3)
+    assert ref.peft_config["default"].num_transformer_submodules == 2
+    model, batch = tiny_model("t5"), tiny_batch("t5")
+    with pytest.warns(UserWarning, match="rows 3..5 of prompt_embeddings .* not imported"):
+        pl.load(model, tmp_path / "two")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, ref(**batch).logits, rtol=0, atol=1e-5)
+        expected = ref.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                max_new_tokens=4, do_sample=False)
+        got = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=4, do_sample=False)
+    assert torch.equal(got, expected)
+
+
+def test_a_prompt_tensor_of_the_wrong_row_count_is_refused_and_the_model_unchanged(tmp_path):
+    from safetensors.torch import load_file, save_file
+    _trained_peft_t5_prompt(tmp_path, num_virtual_tokens=3)
+    weights = tmp_path / "two" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({"prompt_embeddings": tensors["prompt_embeddings"][:5]}, str(weights))
     fresh = tiny_model("t5")
-    with pytest.raises(pl.PeftlabError, match="num_transformer_submodules=2"):
+    with pytest.raises(pl.PeftlabError, match=r"shape \[5, 16\], expected \[6, width\]"):
         pl.load(fresh, tmp_path / "two")
     assert not hasattr(fresh, "_peftlab")

@@ -49,8 +49,10 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
             "fan_in_fan_out": fan_in_fan_out, "inference_mode": True, "task_type": None,
             "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
             "modules_to_save": _modules_to_save(model, attachment)}
-    # base tensors it trains in place (a task head, layer norms) travel as PEFT's modules_to_save
-    tensors = _claimed_tensors(model, attachment, _PREFIX)
+    # base tensors it trains in place: a task head, layer norms (PEFT's modules_to_save), and with
+    # train_biases every base bias (PEFT's bias="all", under its wrapped name inside a LoRA layer)
+    tensors = {_wrapped_bias_name(key, paths): value
+               for key, value in _claimed_tensors(model, attachment, _PREFIX).items()}
     for path, part in attachment.parts:
         key = f"{_PREFIX}{path}"
         if isinstance(part, LoRAPart):
@@ -64,7 +66,8 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
             feedforward = part.role == "input"
             tensors[f"{key}.ia3_l"] = part.ia3_l.reshape((1, -1) if feedforward else (-1, 1))
     if isinstance(config, LoRA):
-        meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
+        meta.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                    bias="all" if config.train_biases else "none",
                     use_rslora=config.rslora, lora_bias=config.bias, use_dora=config.dora,
                     **_patterns(attachment.parts, config))
     else:
@@ -91,19 +94,37 @@ def _patterns(parts, config) -> dict:
 
 
 def _modules_to_save(model, attachment) -> list[str] | None:
-    """The modules owning the base tensors the adapter trains (PEFT matches modules_to_save by suffix)."""
-    modules = sorted({key.rsplit(".", 1)[0] for key in attachment.claimed})
+    """The modules owning the base tensors the adapter trains (PEFT matches modules_to_save by suffix),
+    less those of which only the bias trains (train_biases: PEFT's bias="all" carries them)."""
+    owners = {key.rsplit(".", 1)[0] for key in attachment.claimed if not key.endswith(".bias")}
+    modules = sorted(owners if getattr(attachment.config, "train_biases", False)
+                     else {key.rsplit(".", 1)[0] for key in attachment.claimed})
     return modules or None
+
+
+def _wrapped_bias_name(key: str, wrapped_paths) -> str:
+    """`PREFIX + path.bias` of a layer PEFT wraps in a LoRA layer is `PREFIX + path.base_layer.bias` there."""
+    path = key[len(_PREFIX):].rpartition(".")[0]
+    return f"{_PREFIX}{path}.base_layer.bias" if key.endswith(".bias") and path in wrapped_paths else key
 
 
 def _claimed_tensors(model, attachment, prefix: str) -> dict:
     """The base tensors the adapter trains in place, under PEFT's names (a Host in a path adds
-    `base_layer` to the live name)."""
-    params = dict(model.named_parameters())
+    `base_layer` to the live name). A tensor tied to another (an LM head sharing the input embedding)
+    is refused: PEFT's modules_to_save would train a copy of one of them, not both."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    names_of: dict[int, list[str]] = {}
+    for name, param in params.items():
+        names_of.setdefault(id(param), []).append(name)
 
     def live(key: str):
         path, leaf = key.rsplit(".", 1)
-        return params[key] if key in params else params[f"{path}.base_layer.{leaf}"]
+        param = params[key] if key in params else params[f"{path}.base_layer.{leaf}"]
+        tied = [n for n in names_of[id(param)] if n != key and n.rpartition(".")[0] != f"{path}.base_layer"]
+        if tied:
+            raise PeftlabError(f"export_peft: '{key}' is tied to '{tied[0]}'; HF PEFT's modules_to_save would "
+                               "train a copy of one of them only (untie the weights before training to export)")
+        return param
     return {f"{prefix}{key}": live(key) for key in attachment.claimed}
 
 
@@ -118,18 +139,19 @@ def _config_from_peft(meta: dict, source: Path, model, raw: dict):
     targets = (targets,) if isinstance(targets, str) else tuple(targets or ())
     if not targets:
         raise PeftlabError(f"{source}: target_modules is empty")
-    common = {"train_head": _saves_heads(meta, source, model), "layers": _layers(meta, source)}
+    common = {"train_head": _saves_heads(meta, source, model), "layers": _layers(meta, source, model)}
     if kind == "LORA":
         bias = meta.get("bias") or "none"
-        if bias not in ("none", "lora_only") or (bias == "lora_only" and meta.get("lora_bias")):
+        if bias not in ("none", "lora_only", "all") or (bias != "none" and meta.get("lora_bias")):
             raise PeftlabError(f"{source}: HF PEFT option bias={bias!r} (with lora_bias={meta.get('lora_bias')}) is "
-                               f"not supported: peftlab imports bias='lora_only' or lora_bias, one of them")
+                               f"not supported: peftlab imports bias='lora_only', 'all' or lora_bias, one of them")
         return LoRA(r=meta["r"], alpha=float(meta.get("lora_alpha", meta["r"])),
                     dropout=float(meta.get("lora_dropout", 0.0)), target_modules=targets,
                     rslora=bool(meta.get("use_rslora")), rank_pattern=dict(meta.get("rank_pattern") or {}),
                     alpha_pattern=dict(meta.get("alpha_pattern") or {}), dora=bool(meta.get("use_dora")),
                     # PEFT saves a bias only where the layer has one (Llama's projections have none)
-                    bias=any(k.endswith((".base_layer.bias", ".lora_B.bias")) for k in raw), **common)
+                    bias=bias != "all" and any(k.endswith((".base_layer.bias", ".lora_B.bias")) for k in raw),
+                    train_biases=bias == "all", **common)
     feedforward = meta.get("feedforward_modules") or ()
     feedforward = (feedforward,) if isinstance(feedforward, str) else tuple(feedforward)
     return IA3(target_modules=targets, feedforward_modules=feedforward, **common)
@@ -147,10 +169,19 @@ def _saves_heads(meta: dict, source: Path, model) -> bool:
     return bool(present)
 
 
-def _layers(meta: dict, source: Path):
+def _layers(meta: dict, source: Path, model):
+    """PEFT's layers_to_transform, numbered in the layer list `layers_pattern` names (when given): that
+    list must be the one peftlab's layout numbers, the model's own stack of layers."""
     layers = meta.get("layers_to_transform")
     if layers is None:
         return None
+    pattern = meta.get("layers_pattern")
+    names = [pattern] if isinstance(pattern, str) else list(pattern or ())
+    if names:
+        found = {name for name in names for path, _ in model.named_modules()
+                 if re.search(rf"(^|\.){re.escape(name)}\.\d+$", path)}
+        if not found:
+            raise PeftlabError(f"{source}: layers_pattern={pattern!r} names no numbered layer list of this model")
     return [layers] if isinstance(layers, int) else list(layers)
 
 
@@ -178,6 +209,8 @@ def import_peft(model: nn.Module, directory, name: str | None = None, *, trainab
     try:
         parts = {path: part for path, part in require(model).adapters[name].parts}
         bias_of = lambda path: get_module(model, path).base_layer.bias.detach()  # noqa: E731
+        if getattr(config, "train_biases", False):     # bias="all": base biases, kept as they are
+            raw, bias_of = _without_wrapper_copies(raw), None
         tensors = dict(_our_name(key, tensor, parts, bias_of, directory) for key, tensor in raw.items())
         copy_into(adapter_state(model, name), tensors, directory / "adapter_model.safetensors")
     except BaseException:
@@ -186,11 +219,20 @@ def import_peft(model: nn.Module, directory, name: str | None = None, *, trainab
     return model
 
 
+def _without_wrapper_copies(raw: dict) -> dict:
+    """With bias="all" PEFT's state filter (every key holding "bias") also saves the biases of its
+    modules_to_save wrapper's two copies (`head.original_module.bias`, `head.modules_to_save.bias`)
+    beside the head's own `head.bias`: only the latter is the head."""
+    return {k: v for k, v in raw.items() if ".original_module." not in k and ".modules_to_save." not in k}
+
+
 def _our_name(key: str, tensor: torch.Tensor, parts: dict, bias_of, directory: Path) -> tuple[str, torch.Tensor]:
     """PEFT's saved name -> peftlab's adapter-state name (and value)."""
     if not key.startswith(_PREFIX):
         raise PeftlabError(f"{directory}: unexpected tensor name '{key}'")
     key = key[len(_PREFIX):]
+    if key.endswith(".base_layer.bias") and bias_of is None:    # bias="all": a trained base bias
+        return f"base.{key[: -len('.base_layer.bias')]}.bias", tensor
     if key.endswith(".base_layer.bias"):        # bias="lora_only": the trained bias of a wrapped layer
         path = key[: -len(".base_layer.bias")]
         return f"parts.{path}.0.lora_bias", (tensor - bias_of(path).to(tensor.dtype)) / parts[path].scaling
@@ -246,16 +288,33 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
     return directory
 
 
+def _encoder_prompt_rows(directory: Path, meta: dict, tensor, m: int, stacks) -> torch.Tensor:
+    """The m rows PEFT prepends. With `num_transformer_submodules=2` (its default on seq2seq models) PEFT
+    stores 2m rows, but its prompt-tuning forward and generate prepend only the first m to the encoder
+    input (peft 0.21.2 peft_model.py:2495-2508, 2588): the other m never reach the model and get no
+    gradient. They are left out, and a warning says so."""
+    submodules = meta.get("num_transformer_submodules") or 1
+    if submodules not in (1, 2) or (submodules == 2 and "encoder" not in stacks):
+        raise PeftlabError(f"{directory}: num_transformer_submodules={submodules} does not fit this model")
+    if tensor.dim() != 2 or tensor.shape[0] != m * submodules:
+        raise PeftlabError(f"{directory}: prompt_embeddings has shape {list(tensor.shape)}, expected "
+                           f"[{m * submodules}, width] for {m} virtual tokens x {submodules} submodules")
+    if submodules == 2:
+        warnings.warn(f"{directory}: num_transformer_submodules=2: rows {m}..{2 * m - 1} of prompt_embeddings "
+                      "(the decoder half) are not imported; HF PEFT's prompt tuning never feeds them to the "
+                      "model either, so the outputs are the same")
+    return tensor[:m]
+
+
 def _import_prompt(model, directory: Path, meta: dict, name, trainable, activate):
     kind, m = meta["peft_type"], int(meta.get("num_virtual_tokens", 0))
-    if meta.get("num_transformer_submodules", 1) not in (1, None) and "encoder" in layout_for(model).stacks:
-        raise PeftlabError(f"{directory}: num_transformer_submodules={meta['num_transformer_submodules']} "
-                           "(a decoder prompt too) is not supported; peftlab prompts the encoder only")
     if kind == "PREFIX_TUNING" and set(layout_for(model).stacks) != {"decoder"}:
         raise PeftlabError(f"{directory}: HF PEFT prefixes import on decoder-only models only")
     tensor = _read_peft_weights(directory).get("prompt_embeddings")
     if tensor is None:
         raise PeftlabError(f"{directory}: no 'prompt_embeddings' tensor")
+    if kind == "PROMPT_TUNING":
+        tensor = _encoder_prompt_rows(directory, meta, tensor, m, layout_for(model).stacks)
     config = (PromptTuning(length=m, train_head=False) if kind == "PROMPT_TUNING"
               else PrefixTuning(prefix_length=m, flat=True, train_head=False))
     key = "home.prompt.embedding" if kind == "PROMPT_TUNING" else "home.prefix.embedding"

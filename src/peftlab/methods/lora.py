@@ -26,12 +26,15 @@ class LoRA(LayeredConfig):
     rank_pattern: dict = field(default_factory=dict)    # module-name pattern -> r there (PEFT's meaning)
     alpha_pattern: dict = field(default_factory=dict)   # module-name pattern -> alpha there
     dora: bool = False    # weight-decomposed LoRA (Liu et al. 2024): a learned magnitude per output row
+    train_biases: bool = False   # every bias of the base model also trains in place (PEFT's bias="all")
 
     def validate(self):
         check(self.r > 0, f"LoRA.r must be positive, got {self.r}")
         check(self.alpha is None or self.alpha != 0, "LoRA.alpha 0 scales the update to nothing; give a non-zero alpha")
         check(0.0 <= self.dropout < 1.0, f"LoRA.dropout must be in [0, 1), got {self.dropout}")
         check(bool(self.slots) or bool(self.target_modules), "LoRA needs slots or target_modules")
+        check(not (self.bias and self.train_biases), "LoRA: bias (a bias in the update) and train_biases (the "
+                                                     "base biases train) together are not supported")
         for key, r in self.rank_pattern.items():
             check(isinstance(r, int) and r > 0, f"LoRA.rank_pattern[{key!r}] must be a positive int, got {r!r}")
         for key, a in self.alpha_pattern.items():
@@ -141,7 +144,7 @@ def lora_sites(target, slots, target_modules, selection):
 
 
 def pattern_value(patterns: dict, path: str, default):
-    """PEFT's per-module override: the first pattern whose match ends the module path (`(.*\.)?KEY$`)."""
+    r"""PEFT's per-module override: the first pattern whose match ends the module path (`(.*\.)?KEY$`)."""
     for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", path):
             return value
@@ -149,7 +152,7 @@ def pattern_value(patterns: dict, path: str, default):
 
 
 def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, rslora, rank_pattern, alpha_pattern,
-               dora, layers, encoder_layers, decoder_layers, leave_out):
+               dora, train_biases, layers, encoder_layers, decoder_layers, leave_out):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     check(not (dora and bias), "LoRA: dora and bias together are not supported")
     for site in lora_sites(target, slots, target_modules, selection):
@@ -162,6 +165,8 @@ def build_lora(target, *, r, alpha, dropout, slots, target_modules, bias, rslora
         else:
             part = LoRAPart(dims[0], dims[1], rank, scale, dropout, bias, rslora)
         target.place(site, part)
+    if train_biases:
+        target.claim(sorted(n for n in target.base_parameters() if n.rpartition(".")[2] == "bias"))
 
 
 register_method("lora", LoRA, build_lora)
