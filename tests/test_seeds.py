@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from peftlab.cli import main
-from peftlab.errors import PeftlabError
 from peftlab.seeds import translate
 from peftlab.seeds.shell import markdown_commands, python_commands
 from peftlab.train.modeling import count_run
@@ -165,7 +164,9 @@ def test_an_original_trains_one_step_on_a_tiny_model(relative, index, tmp_path, 
     config = _stand_in_files(translation.config, tmp_path, width=TINY_WIDTH)
     # the tiny vocabulary (256), grown by 16 rows where the original trains new token rows (kernel NLG)
     grow = translation.config["model"].get("train_new_embeddings")
-    overrides = [f"model.name={model_dir}", f"model.resize_vocab={272 if grow else 'null'}", "model.max_length=24",
+    tokens = translation.config.get("data", {}).get("text_compat") == "kernel-adapters"   # + the code's 15 tokens
+    overrides = [f"model.name={model_dir}", f"model.resize_vocab={272 if grow or tokens else 'null'}",
+                 "model.max_length=24",
                  "model.max_target_length=4", f"data.dir={tiny_data}", "data.splits=official",
                  "data.max_train_samples=8", "data.max_eval_samples=4", "train.max_steps=1", "train.batch_size=4",
                  "train.gradient_accumulation_steps=1", "train.eval_batch_size=4", "train.eval_strategy=no",

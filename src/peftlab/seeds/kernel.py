@@ -15,10 +15,6 @@ from __future__ import annotations
 import re
 
 from .base import Keys, Translation, refuse
-
-import re
-
-from .base import Keys, Translation, refuse
 from .kernel_methods import ADDED_TOKENS, CODE_BASE, GPT2_VOCAB, NLG_TYPES, TRAIN_ONLY, TRAIN_PY, nlg_method, option_value
 
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -86,10 +82,12 @@ def _nlg_task(keys: Keys, out: Translation, evaluate_only: bool) -> str:
         refuse(out.source, f"task {task}", "the code asserts one of qa, summarization, webnlg (train.py:67, 317)")
     out.set("tasks", ["webnlg"], f"task ({where}; data/WebNLG/{{train,dev,test}}.json, train.py:76-78)")
     out.set("data.splits", "official", "train.json trains, dev.json validates, test.json is decoded (utils.py:35-44)")
-    out.notes.append("WebNLG as the code builds it: the 16 special tokens, <bos_webnlg> <subject> s <property> p "
-                     "<object> o ... <target_webnlg> text <eos_webnlg>, token types = the segment markers "
-                     "(train.py:131-153); loss on the text and <eos_webnlg> only. peftlab's webnlg task must "
-                     "format it so; its 'official' test split must be test.json (the code never tests on dev)")
+    out.set("data.text_compat", "kernel-adapters", "WebNLG as the code builds it: the 16 special tokens, "
+            "<bos_webnlg> <subject> s <property> p <object> o ... <target_webnlg> text <eos_webnlg>, token types = "
+            "the segment markers (train.py:56-65, 131-153), loss on the text and <eos_webnlg> only; decoding stops "
+            "at any of the six webnlg tokens (evaluate.py:77, 105-106)")
+    out.notes.append("the code scores its test output with the WebNLG challenge's script (BLEU, METEOR, TER; "
+                     "evaluate.py:310-313, shipped in data.zip); peftlab scores BLEU with sacrebleu")
     return task
 
 
@@ -179,4 +177,3 @@ def _nlg_generation(keys: Keys, out: Translation, evaluate_only: bool) -> None:
     out.set("model.max_target_length", 512, "training targets untruncated (train.py:131-153)")
     out.set("model.eval_max_new_tokens", budget, "max_length: evaluate.py's new tokens (evaluate.py:84-116, 150)")
     out.set("model.final_max_new_tokens", budget, "max_length (evaluate.py:150)")
-    out.notes.append("evaluate.py also stops at any of the 6 webnlg tokens (evaluate.py:80, 115-116)")

@@ -98,6 +98,19 @@ class Task:
             return value
         return int(value) if value.is_integer() and 0 <= value < len(self.labels) else -1
 
+    # --- a seed code base's own token layout for causal LMs (kernel-adapters' WebNLG); None: plain text
+    def special_tokens(self) -> dict | None:
+        """Special tokens the layout adds to the tokenizer (`tokenizer.add_special_tokens`), or None."""
+        return None
+
+    def causal_layout(self, example: Example, tokenizer, with_target: bool):
+        """(input_ids, token_type_ids, labels) for a causal LM, or None for `source answer: target`."""
+        return None
+
+    def stop_token_ids(self, tokenizer) -> list[int] | None:
+        """Tokens that end a generation (besides the model's end token), or None."""
+        return None
+
     def verbalize(self, label) -> str:
         """A predicted label by its name (`positive`), or as the dataset writes it where the dataset
         names none (for `peftlab predict`)."""

@@ -87,13 +87,50 @@ def webnlg_entry(task: Task, path: Path, number: int, entry: dict) -> list[Examp
             for lex in lexes if isinstance(lex, dict) and lex.get("comment") == "good"]
 
 
+# kernel-adapters' tokens, in its order (nlg/train.py:56-65): GPT-2's tokenizer gives them ids 50257-50272
+KERNEL_TOKENS = {"pad_token": "<pad>", "additional_special_tokens": (
+    "<bos_qa>", "<eos_qa>", "<question>", "<answer>", "<document>", "<bos_sm>", "<eos_sm>", "<source_sm>",
+    "<target_sm>", "<bos_webnlg>", "<eos_webnlg>", "<subject>", "<property>", "<object>", "<target_webnlg>",
+    "<pad>")}
+KERNEL_WEBNLG = ("<bos_webnlg>", "<eos_webnlg>", "<subject>", "<property>", "<object>", "<target_webnlg>")
+
+
 class WebNLGTask(Task):
     """The source is the prefix and the marked triples, without a `triples:` key: kernel-adapters' input
-    has no such word (train.py:131-153)."""
+    has no such word (train.py:131-153). With `text_compat="kernel-adapters"` the input is the code's own
+    token layout instead (`causal_layout`)."""
 
     def source_text(self, example: Example) -> str:
         head = [self.prefix] if isinstance(self.prefix, str) else [self.name] if self.prefix else []
         return " ".join(head + [example.fields["triples"]])
+
+    def special_tokens(self) -> dict | None:
+        return KERNEL_TOKENS if self.text_compat == "kernel-adapters" else None
+
+    def causal_layout(self, example: Example, tokenizer, with_target: bool):
+        """kernel-adapters' build_input_from_segments_webnlg (nlg/train.py:131-153): `<bos_webnlg>`, then per
+        triple `<subject>` s `<property>` p `<object>` o, then `<target_webnlg>` text `<eos_webnlg>`, each
+        string tokenized on its own without a leading space (utils.py:52-61); the token types are the
+        segment's marker (`<bos_webnlg>` for the first token, `<target_webnlg>` for the target segment),
+        which GPT-2 embeds with its token embedding; labels only on the text and `<eos_webnlg>`."""
+        if self.text_compat != "kernel-adapters":
+            return None
+        bos, eos, *markers, target = tokenizer.convert_tokens_to_ids(list(KERNEL_WEBNLG))
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]   # noqa: E731
+        ids, types = [bos], [bos]
+        for triple in example.extra["triples"]:
+            for marker, text in zip(markers, triple):
+                segment = [marker] + encode(text)
+                ids, types = ids + segment, types + [marker] * len(segment)
+        answer = (encode(self.target_text(example)) + [eos]) if with_target else []
+        labels = [-100] * (len(ids) + 1) + answer
+        return ids + [target] + answer, types + [target] * (1 + len(answer)), labels
+
+    def stop_token_ids(self, tokenizer) -> list[int] | None:
+        """evaluate.py stops at any of the six webnlg tokens (nlg/evaluate.py:77, 105-106)."""
+        if self.text_compat != "kernel-adapters":
+            return None
+        return tokenizer.convert_tokens_to_ids(list(KERNEL_WEBNLG))
 
 
 WEBNLG_TASK = WebNLGTask(

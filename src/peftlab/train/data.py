@@ -51,7 +51,20 @@ def encode(kind: str, tokenizer, task: Task, task_index: int, examples: list[Exa
         enc = tokenizer(sources, truncation=True, max_length=max_length)
         tgt = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)
         return [Encoded(task_index, ids, list(t)) for ids, t in zip(enc["input_ids"], tgt["input_ids"])]
+    if examples and task.causal_layout(examples[0], tokenizer, False) is not None:
+        return _encode_layout(tokenizer, task, task_index, examples, max_length, for_generation)
     return _encode_causal(tokenizer, task_index, sources, targets, max_length, max_target_length, for_generation)
+
+
+def _encode_layout(tokenizer, task, task_index, examples, max_length, for_generation):
+    """A seed code base's own layout (`Task.causal_layout`): its ids, token types and labels, cut to the
+    last max_length tokens of the input when a row is longer (the seeds' own runs never are)."""
+    out = []
+    for example in examples:
+        ids, types, labels = task.causal_layout(example, tokenizer, not for_generation)
+        cut = max(0, len(ids) - max_length) if for_generation else 0
+        out.append(Encoded(task_index, ids[cut:], [] if for_generation else labels, types[cut:]))
+    return out
 
 
 def _encode_causal(tokenizer, task_index, sources, targets, max_length, max_target_length, for_generation):

@@ -44,7 +44,9 @@ def _predict_batch(model, tokenizer, kind, task, batch, max_target_length) -> li
         if task.kind == "regression":
             return logits.squeeze(-1).float().tolist()
         return logits.argmax(-1).tolist()
-    generated = model.generate(**batch, max_new_tokens=max_target_length, do_sample=False, num_beams=1)
+    stops = task.stop_token_ids(tokenizer)
+    extra = {} if stops is None else {"eos_token_id": stops}
+    generated = model.generate(**batch, max_new_tokens=max_target_length, do_sample=False, num_beams=1, **extra)
     if kind == "causal":
         generated = generated[:, batch["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)

@@ -61,6 +61,9 @@ def build_model(config: RunConfig, tasks: list[Task]):
         except (OSError, ValueError) as err:
             raise PeftlabError(f"cannot load tokenizer '{config.model.tokenizer}': "
                                f"{str(err).splitlines()[0]}") from None
+    for task in tasks:             # a seed's own token layout (kernel-adapters' WebNLG tokens)
+        if task.special_tokens():
+            tokenizer.add_special_tokens(task.special_tokens())
     _fix_special_tokens(model, tokenizer, kind)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:       # ids past the table would fail in the middle of training

@@ -115,7 +115,9 @@ class DataSection(Section):
     mixing: Literal["mixed", "per_task"] = "mixed"   # mixed-task batches, or one task per batch
     task_prefix: bool = True              # text-to-text sources start with the task name (DESIGN §5)
     prefixes: dict = field(default_factory=dict)   # task -> the prefix text, where not the task's name
-    text_compat: Literal["compacter", "attempt"] | None = None   # a seed code base's text quirks (seed_configs.md)
+    # a seed code base's own text or token layout (seed_configs.md): compacter / attempt text quirks,
+    # kernel-adapters' WebNLG tokens and token types
+    text_compat: Literal["compacter", "attempt", "kernel-adapters"] | None = None
     pad_to_max_length: bool = False       # every row padded to model.max_length (not to the batch's longest)
     metrics_from: str | None = None       # score every task with this task's metrics (ATTEMPT's eval scripts)
 
