@@ -161,6 +161,26 @@ def test_run_glue_sh_is_the_same_experiment(seeds):
     assert count("roberta-base", config.method_config(), head="classification")[0] == 609_120
 
 
+def test_run_glue_py_on_mnli_also_scores_the_whole_mismatched_set(seeds, tmp_path):
+    """run_glue.py:558-565: MNLI is evaluated on validation_matched and, in full, validation_mismatched."""
+    from peftlab.train.loop import Trainer
+    from test_train_support import tiny_model_dir, write_task_files
+    command = _commands("nlu/scripts/run_glue.sh")[0]
+    args = [a for a in command.args]
+    args[args.index("--task_name") + 1] = "mnli"
+    out = translate_command(command.script, args, "run_glue.sh", command.processes, base_dir=NLU)
+    assert out.config["data"]["report_mismatched"] is True
+    config = {**out.config, "method": {"method": "lora", "r": 2}, "output_dir": str(tmp_path / "run"),
+              "model": {"name": str(tiny_model_dir("roberta", tmp_path / "models")), "max_length": 24},
+              "data": {**out.config["data"], "dir": str(write_task_files(tmp_path / "data")), "max_eval_samples": 4},
+              "train": {**out.config["train"], "max_steps": 1, "precision": "fp32", "progress_bar": False,
+                        "tensorboard": False, "eval_strategy": "no"}}
+    results = Trainer(RunConfig.from_dict(config)).run()
+    scores = results["tasks"]["mnli"]
+    assert set(scores) == {"test", "validation_mismatched"} and 0 <= scores["validation_mismatched"]["accuracy"] <= 1
+    assert (tmp_path / "run" / "report.md").read_text().count("validation_mismatched") >= 1
+
+
 def _variant(block: str, extra: str = "") -> str:
     """run_glue.sh with `block` (a '# ----- name -----' section) uncommented and the active one commented."""
     lines, name = [], None

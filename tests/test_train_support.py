@@ -84,9 +84,9 @@ def _glue(root: Path, split: str, n: int, rng) -> None:
     _tsv(root / "STS-B" / name, ("index", "genre", "filename", "year", "old_index", "source1", "source2",
                                  "sentence1", "sentence2", "score"),
          [(i, "g", "f", "y", i, "n", "n", s(), s(), f"{rng.uniform(0, 5):.3f}") for i in range(n)])
-    mnli = "train.tsv" if split == "train" else "dev_matched.tsv"
-    _tsv(root / "MNLI" / mnli, ("index", "genre", "sentence1", "sentence2", "gold_label"),
-         [(i, "g", s(), s(), ("entailment", "neutral", "contradiction")[i % 3]) for i in range(n)])
+    for mnli, rows in ((("train.tsv", n),) if split == "train" else (("dev_matched.tsv", n), ("dev_mismatched.tsv", n + 3))):
+        _tsv(root / "MNLI" / mnli, ("index", "genre", "sentence1", "sentence2", "gold_label"),
+             [(i, "g", s(), s(), ("entailment", "neutral", "contradiction")[i % 3]) for i in range(rows)])
     _tsv(root / "QNLI" / name, ("index", "question", "sentence", "label"),
          [(i, s(), s(), ("entailment", "not_entailment")[i % 2]) for i in range(n)])
     _tsv(root / "RTE" / name, ("index", "sentence1", "sentence2", "label"),

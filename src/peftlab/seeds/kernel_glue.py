@@ -204,8 +204,8 @@ def _glue_task(v, out: Translation, given: set) -> str:
     if v("max_eval_samples") is not None:
         out.set("data.max_eval_samples", v("max_eval_samples"), "--max_eval_samples: the first rows (run_glue.py:482)")
     if task == "mnli":
-        out.notes.append("run_glue.py also reports validation_mismatched in full (run_glue.py:562-565); peftlab "
-                         "reports matched only")
+        out.set("data.report_mismatched", True, "run_glue.py also scores the whole validation_mismatched set "
+                                                "at the end, as 'mnli-mm' (run_glue.py:558-565)")
     if v("pad_to_max_length"):
         # the inducer's share sees padded keys on RoBERTa (docs/fidelity.md K2): the padding must be the code's
         out.set("data.pad_to_max_length", True, f"--pad_to_max_length: every row padded to "

@@ -255,13 +255,12 @@ def _training(out: Translation, v: dict, given: set, processes: int, multi: bool
                          "train.seed (42 unless set): pass --seed to pin both")
     else:
         out.set("train.seed", v["seed"], "--seed (initialization.py:69-81)")
-    clip = "" if multi else ("; clipping also counts the base's gradients, computed (requires_grad stays on) "
-                             "and never zeroed (nlpr/shared/runner.py:271, 280)")
     out.set("train.optimizer", "adamw_transformers", "transformers.AdamW: decay after the update (MS:296-298)")
     out.set("train.scheduler_step_first", True, "scheduler.step() before optimizer.step() (MS:217-220)")
     out.set("train.fractional_warmup", True, "warmup over the float warmup_proportion * t_total (MS:326-327)")
-    if clip:
-        out.notes.append(f"not reproduced: {clip[2:]}")
+    if not multi:
+        out.set("train.clip_frozen_gradients", True, "the base's gradients are computed (requires_grad stays on), "
+                "never zeroed, and clipped with the rest (nlpr/shared/runner.py:271, 280)")
 
 
 def _subsample(out: Translation, v: dict, given: set) -> None:
@@ -322,8 +321,9 @@ def _single_method(out: Translation, v: dict, given: set) -> None:
     out.set("train.param_groups", [{"pattern": r"\.net\.(down|up)\.weight$", "weight_decay": 0.0}],
             "no decay for adapter.{down,up}_project.weight (MS:250-255)")
     out.notes.append("runscript.py trains adapters, the 25 LayerNorms and the head: 3,009,794 updated values on "
-                     "roberta-base with 2 labels (the listed pooler gets no gradient); classifier.dense is listed "
-                     "twice (model_setup.py:51-54) and AdamW updates it twice per step: not reproduced")
+                     "roberta-base with 2 labels (the listed pooler gets no gradient)")
+    out.set("train.listed_twice", ["classifier.dense."], "classifier.dense is listed twice in the optimizer "
+                                                         "(model_setup.py:51-54): AdamW updates it twice per step")
 
 
 FT_MODES = {"base": (True, False), "flex": (False, True), "base_ft": (True, False), "full_ft": (True, False)}

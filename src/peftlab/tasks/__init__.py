@@ -78,13 +78,15 @@ def read_split(task: Task, data_dir, split: str) -> list[Example]:
 
 
 def load_splits(task: Task, data_dir=None, policy: str = "paper", max_train: int | None = None,
-                max_eval: int | None = None) -> dict[str, list[Example]]:
+                max_eval: int | None = None, mismatched: bool = False) -> dict[str, list[Example]]:
     """train / validation / test. `policy="paper"` follows DESIGN §5; `"official"` trains on the
     whole training file and uses the official validation set as validation, and as test too unless the
     task has a labelled test file (PAWS, SciTail, WebNLG), which `"seq2seq"` also tests on where it keeps
     the official splits (ATTEMPT's PAWS).
 
-    `max_train` / `max_eval` keep the first rows after splitting (the seeds' max_*_samples)."""
+    `max_train` / `max_eval` keep the first rows after splitting (the seeds' max_*_samples). `mismatched`:
+    MNLI's whole mismatched dev set as one more split, "validation_mismatched" (run_glue.py scores it in
+    full besides the matched one)."""
     if policy not in SPLIT_POLICIES:
         raise PeftlabError(f"split policy '{policy}' is not one of {list(SPLIT_POLICIES)}")
     train, dev = read_split(task, data_dir, "train"), read_split(task, data_dir, "validation")
@@ -107,6 +109,9 @@ def load_splits(task: Task, data_dir=None, policy: str = "paper", max_train: int
         splits["train"] = splits["train"][:max_train]
     if max_eval is not None:
         splits["validation"], splits["test"] = splits["validation"][:max_eval], splits["test"][:max_eval]
+    if mismatched and task.name == "mnli":
+        extra = replace(task, files={**task.files, "validation_mismatched": "dev_mismatched.tsv"})
+        splits["validation_mismatched"] = read_split(extra, data_dir, "validation_mismatched")
     for name, rows in splits.items():
         if not rows:
             raise PeftlabError(f"task {task.name}: the {name} split is empty")

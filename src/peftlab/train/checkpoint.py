@@ -30,7 +30,7 @@ FAULT_ENV = "PEFTLAB_KILL_AT"
 
 
 def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None, scheduler=None,
-                    keep_last: int = 1) -> None:
+                    keep_last: int = 1, extra: dict | None = None) -> None:
     """Write `directory` atomically. With `keep_last` > 1 the checkpoint it replaces moves to
     `step-N` beside it, and only the newest `keep_last - 1` of those stay."""
     directory = Path(directory)
@@ -40,7 +40,7 @@ def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None,
     shutil.rmtree(old, ignore_errors=True)      # a kill after the swap left a stale one
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, weights, state, optimizer, scheduler)
+        _write_files(tmp, weights, state, optimizer, scheduler, extra)
     except (OSError, SafetensorError) as err:   # disk full: the previous checkpoint stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise PeftlabError(f"{tmp}: cannot write the checkpoint ({write_error(err)}); {directory} is "
@@ -54,13 +54,13 @@ def save_checkpoint(directory: Path, weights: dict, state: dict, optimizer=None,
         _retire(old, keep_last, int(state.get("step", 0)))
 
 
-def _write_files(tmp: Path, weights: dict, state: dict, optimizer, scheduler) -> None:
+def _write_files(tmp: Path, weights: dict, state: dict, optimizer, scheduler, extra=None) -> None:
     # the weights vouch for the counters saved with them (a hand-edited step is refused on load)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / WEIGHTS),
               metadata={STATE_DIGEST: content_digest(state)})
     if optimizer is not None:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / OPTIMIZER)
+                    "rng": rng_state(), **({"extra": extra} if extra else {})}, tmp / OPTIMIZER)
     # the state file vouches for the files beside it: a flipped bit or a deleted tensor is refused on load
     digests = {name: sha256_of(tmp / name) for name in (WEIGHTS, OPTIMIZER) if (tmp / name).exists()}
     (tmp / STATE).write_text(json.dumps({**state, "sha256": digests}, indent=1))
@@ -144,7 +144,8 @@ def _check_state_digest(weights: Path, state: dict) -> None:
                            f"{weights.name} differs): refused")
 
 
-def load_training_state(directory: Path, optimizer, scheduler) -> None:
+def load_training_state(directory: Path, optimizer, scheduler) -> dict:
+    """Restore the optimizer, scheduler and RNGs; returns the extra state saved with them (or {})."""
     path = Path(directory) / OPTIMIZER
     verify_digest(regular_file(path, directory), _digests(directory).get(OPTIMIZER), "the optimizer state")
     try:
@@ -158,6 +159,8 @@ def load_training_state(directory: Path, optimizer, scheduler) -> None:
     except (KeyError, ValueError, TypeError, RuntimeError) as err:   # another run's state, or damaged
         raise PeftlabError(f"{path}: does not fit this run's optimizer ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    extra = blob.get("extra", {})
+    return extra if isinstance(extra, dict) else {}
 
 
 def rng_state() -> dict:

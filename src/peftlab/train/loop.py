@@ -29,7 +29,8 @@ from .batches import batches_per_epoch, epoch_batches, shard
 from .data import collate, encode, label_count
 from .evaluate import evaluate
 from .logs import MIXING, RunLog, observe_mixing
-from .modeling import build_model, trainable_state, uses_task_ids
+from .modeling import build_model, trainable_state, uses_task_ids, zero_old_rows
+from .frozen_grads import FrozenGradients
 from .optim import build_optimizer, clip_gradients, gradient_norm, loss_sum
 from .progress import Progress
 from .report import averages, write_report
@@ -75,7 +76,7 @@ class Trainer:
             check_resumable(self.run_dir / "config.json", config)
         self.tasks = config.task_list()
         self.splits = [load_splits(t, config.data.dir, config.data.splits, config.data.max_train_samples,
-                                   config.data.max_eval_samples) for t in self.tasks]
+                                   config.data.max_eval_samples, config.data.report_mismatched) for t in self.tasks]
         set_seed(config.train.seed)
         self.model, self.tokenizer, self.kind = build_model(config, self.tasks)
         self.task_ids = uses_task_ids(self.model)
@@ -90,6 +91,9 @@ class Trainer:
         per_epoch = self.per_epoch = batches_per_epoch(sizes, config.train.batch_size)
         self.total_steps = config.train.max_steps or math.ceil(config.train.epochs * per_epoch)
         self.optimizer, self.scheduler = build_optimizer(self.model, config.train, self.total_steps)
+        if config.train.clip_frozen_gradients and self.accelerator.num_processes > 1:
+            raise PeftlabError("train.clip_frozen_gradients runs on one process (nlprunners' runscript.py does)")
+        self.frozen = FrozenGradients(self.model, config.train.clip_frozen_gradients)
         self.ddp_model = self.accelerator.prepare(self.model)
         self.state = dict(FRESH_STATE)
         self._take_run_dir()
@@ -118,7 +122,8 @@ class Trainer:
         if missing:
             raise PeftlabError(f"{last / ckpt.STATE}: not a complete trainer state (no '{missing[0]}')")
         self.state = state
-        ckpt.load_training_state(last, self.optimizer, self.scheduler)
+        extra = ckpt.load_training_state(last, self.optimizer, self.scheduler)
+        self.frozen.load_state_dict(extra.get("frozen_gradients", {}), last / ckpt.OPTIMIZER)
         self.log.truncate_after(self.state["step"])
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64)
         for k, rows in enumerate(micro):
             last = k == len(micro) - 1
-            with (nullcontext() if last else acc.no_sync(self.ddp_model)):
+            with (nullcontext() if last else acc.no_sync(self.ddp_model)), self.frozen.recording():
                 summed = self._forward_loss(items_of(rows))
                 acc.backward(summed * (weight * acc.num_processes / max(denominator, 1)))
             total += summed.detach().double() * weight
@@ -191,11 +196,13 @@ class Trainer:
         if not math.isfinite(float(total)):     # stop before the optimizer spoils the weights
             self._stop(f"loss is {float(total) / max(denominator, 1)}", step)
         trained = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-        norm = gradient_norm(trained)
+        norm = gradient_norm(trained, self.frozen.tensors())
         if not torch.isfinite(norm):
             self._stop(self._first_non_finite_gradient(), step)
         ckpt.fault_point("step", step)           # test hook: a kill in the middle of a step
         clip_gradients(trained, self.config.train.max_grad_norm, norm)
+        self.frozen.scale(self.config.train.max_grad_norm, norm)
+        zero_old_rows(self.model)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -310,6 +317,8 @@ class Trainer:
         budget = self._generation_budget(final)
         out = {}
         for index, (task, splits) in enumerate(zip(self.tasks, self.splits)):
+            if split not in splits:
+                continue
             adapter = self.adapter_names[index] if cfg.adapters == "per_task" else None
             out[task.name] = evaluate(self.model, self.tokenizer, self.kind, task, index, splits[split],
                                       cfg.model.max_length, budget, cfg.train.eval_batch_size, adapter,
@@ -387,7 +396,7 @@ class Trainer:
             for name in self.adapter_names:
                 pl.save(self.model, self.run_dir / "adapter" / name, name=name)
         ckpt.save_checkpoint(root / "last", weights, self.state, self.optimizer, self.scheduler,
-                             self.config.train.keep_last)
+                             self.config.train.keep_last, {"frozen_gradients": self.frozen.state_dict()})
 
     def run(self) -> dict | None:
         """Train, then evaluate the best checkpoint on validation and test (eval_strategy: no, the final
@@ -421,6 +430,10 @@ class Trainer:
             same_budget = self._generation_budget(True) == self._generation_budget(False)
             known = self.state.get("best_scores") if split == "validation" and same_budget else None
             for task, metrics in (known or self.evaluate_split(split, final=True)).items():
+                per_task[task][split] = metrics
+        # splits reported at the end only (MNLI's mismatched dev set: data.report_mismatched)
+        for split in sorted({s for splits in self.splits for s in splits} - {"train", "validation", "test"}):
+            for task, metrics in self.evaluate_split(split, final=True).items():
                 per_task[task][split] = metrics
         trainable, total = pl.trainable_parameters(self.model)
         results = {"tasks": per_task, "average": averages(per_task), "model": self.config.model.name,

@@ -77,7 +77,8 @@ def build_model(config: RunConfig, tasks: list[Task]):
 def _train_new_rows(model, config: RunConfig) -> None:
     """kernel-adapters' unfreeze_task_embeddings (nlg/utils.py:307-309, train.py:438-444): the embedding
     (tied to the output layer) trains, with the gradient of the checkpoint's own rows zeroed, so only the
-    rows the resize added move. Counted, as the code prints it, as the whole tensor."""
+    rows the resize added move — zeroed after the gradient clipping, which counts them (train.py:434 comes
+    first: `zero_old_rows`). Counted, as the code prints it, as the whole tensor."""
     if not config.model.train_new_embeddings:
         return
     weight = model.get_input_embeddings().weight
@@ -85,8 +86,20 @@ def _train_new_rows(model, config: RunConfig) -> None:
     keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     keep[old_rows:] = 1
     weight.requires_grad_(True)
-    if weight.device.type != "meta":
-        weight.register_hook(lambda grad: grad * keep.to(grad.dtype))
+    model.__dict__[NEW_ROWS] = (weight, keep)
+
+
+NEW_ROWS = "_peftlab_new_embedding_rows"
+
+
+@torch.no_grad()
+def zero_old_rows(model) -> None:
+    """With model.train_new_embeddings: zero the gradient of the embedding's pre-existing rows (after the
+    clipping, as kernel-adapters' train.py:434, 438-444 orders it)."""
+    held = model.__dict__.get(NEW_ROWS)
+    if held is not None and held[0].grad is not None:
+        weight, keep = held
+        weight.grad.mul_(keep.to(weight.grad.dtype))
 
 
 def _resize(model, config: RunConfig) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_constant_schedule_with_warmup, get_polynomial_decay_schedule_with_warmup
 
+from ..errors import PeftlabError
 from .data import IGNORE
 from .schema import TrainSection
 
@@ -35,7 +37,19 @@ def param_groups(model, train: TrainSection) -> list[dict]:
         groups += _split_decay(chosen, lr, decay, spec["pattern"])
     rest = [(n, p) for n, p in named if n not in taken]
     groups += _split_decay(rest, train.learning_rate, train.weight_decay, "default")
+    if train.listed_twice:
+        _list_twice(groups, named, tuple(train.listed_twice))
     return [g for g in groups if g["params"]]
+
+
+def _list_twice(groups: list[dict], named, prefixes: tuple[str, ...]) -> None:
+    """nlprunners lists classifier.dense twice in its optimizer (model_setup.py:51-54): the second copy
+    sits right after the first in its group, so transformers' AdamW updates it twice per step."""
+    doubled = {id(p) for n, p in named if n.startswith(prefixes)}
+    if not doubled:
+        raise PeftlabError(f"train.listed_twice {list(prefixes)}: no trained parameter starts with these names")
+    for group in groups:
+        group["params"] = [q for p in group["params"] for q in ((p, p) if id(p) in doubled else (p,))]
 
 
 def _split_decay(named, lr, decay, label) -> list[dict]:
@@ -89,7 +103,10 @@ class TransformersAdamW(torch.optim.Optimizer):
 def build_optimizer(model, train: TrainSection, total_steps: int):
     groups = param_groups(model, train)
     if train.optimizer == "adamw_transformers":
-        optimizer = TransformersAdamW(groups, lr=train.learning_rate, betas=train.adam_betas, eps=train.adam_epsilon)
+        with warnings.catch_warnings():     # listed_twice: the duplicate is the point (nlprunners)
+            warnings.filterwarnings("ignore", "optimizer contains a parameter group with duplicate parameters")
+            optimizer = TransformersAdamW(groups, lr=train.learning_rate, betas=train.adam_betas,
+                                          eps=train.adam_epsilon)
     else:
         optimizer = adamw(groups, lr=train.learning_rate, betas=tuple(train.adam_betas), eps=train.adam_epsilon)
     return optimizer, build_schedule(optimizer, train, total_steps)
@@ -119,9 +136,9 @@ def build_schedule(optimizer, train: TrainSection, total_steps: int):
     return LambdaLR(optimizer, shifted)
 
 
-def gradient_norm(parameters: list) -> torch.Tensor:
-    """The L2 norm of the parameters' gradients together (0 with none)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+def gradient_norm(parameters: list, more: list | None = None) -> torch.Tensor:
+    """The L2 norm of the parameters' gradients and of the `more` tensors together (0 with none)."""
+    grads = [p.grad for p in parameters if p.grad is not None] + list(more or ())
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 

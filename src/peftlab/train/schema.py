@@ -120,6 +120,9 @@ class DataSection(Section):
     text_compat: Literal["compacter", "attempt", "kernel-adapters"] | None = None
     pad_to_max_length: bool = False       # every row padded to model.max_length (not to the batch's longest)
     metrics_from: str | None = None       # score every task with this task's metrics (ATTEMPT's eval scripts)
+    # MNLI: also score the whole mismatched dev set at the end, as split "validation_mismatched"
+    # (kernel-adapters' run_glue.py:558-565)
+    report_mismatched: bool = False
 
     def check(self):
         require(self.temperature > 0, f"data.temperature must be positive, got {self.temperature}")
@@ -166,6 +169,11 @@ class TrainSection(Section):
     select_on: str | None = None          # a task whose validation metric alone picks the best checkpoint
     select_metric: Literal["metric", "loss"] = "metric"   # loss: the lowest validation loss (no generation)
     param_groups: tuple[dict, ...] = ()   # [{pattern, learning_rate, weight_decay}]: first match wins
+    # nlprunners' runscript.py quirks (nlpr/shared/runner.py:271, 280; model_setup.py:51-54): the frozen
+    # base's gradients, computed and never zeroed, enter the clipping norm (and are scaled with it);
+    # parameters whose names start with a `listed_twice` prefix are in the optimizer twice: two updates a step
+    clip_frozen_gradients: bool = False
+    listed_twice: tuple[str, ...] = ()
     tensorboard: bool = True
     progress_bar: bool = True
     threads: int | None = None            # torch CPU threads per process; None: torch's default
@@ -198,6 +206,8 @@ class TrainSection(Section):
         require(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
         require(0 <= self.lr_end < self.learning_rate,
                 f"train.lr_end {self.lr_end} must be in [0, learning_rate {self.learning_rate})")
+        require(not self.listed_twice or self.optimizer == "adamw_transformers",
+                "train.listed_twice needs train.optimizer: adamw_transformers (torch's AdamW refuses a tensor twice)")
         self.param_groups = tuple(ParamGroup.from_dict(g, f"train.param_groups[{i}]").to_dict()
                                   for i, g in enumerate(self.param_groups))
         for index, group in enumerate(self.param_groups):
