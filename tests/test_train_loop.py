@@ -262,8 +262,8 @@ def test_eval_strategy_no_never_evaluates_validation(tmp_path, monkeypatch):
 def test_a_run_without_mixing_weights_probes_them_once(tmp_path, monkeypatch):
     """The probe forward on validation rows runs at the first log only when nothing records mixing weights."""
     probes = []
-    original = Trainer._probe_batch
-    monkeypatch.setattr(Trainer, "_probe_batch", lambda self: probes.append(1) or original(self))
+    original = Trainer.probe_batch
+    monkeypatch.setattr(Trainer, "probe_batch", lambda self: probes.append(1) or original(self))
     trainer, _ = run(tiny_run_config(tmp_path, train={"eval_strategy": "no", "max_steps": 3, "log_steps": 1}))
     assert len(probes) == 1 and not (trainer.run_dir / "mixing_weights.jsonl").exists()
 
@@ -321,7 +321,7 @@ def test_a_diverging_loss_is_reported_and_a_non_finite_weight_is_never_checkpoin
 
 
 def test_evaluations_during_training_and_at_the_end_have_their_own_generation_budget(tmp_path, monkeypatch):
-    import peftlab.train.loop as loop
+    import peftlab.train.evaluations as loop
     budgets = []
     real = loop.evaluate
 

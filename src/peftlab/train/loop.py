@@ -27,10 +27,10 @@ from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
 from .batches import batches_per_epoch, epoch_batches, shard
 from .data import collate, encode, label_count
-from .evaluate import evaluate
+from .evaluations import Evaluations
+from .frozen_grads import FrozenGradients
 from .logs import MIXING, RunLog, observe_mixing
 from .modeling import build_model, trainable_state, uses_task_ids, zero_old_rows
-from .frozen_grads import FrozenGradients
 from .optim import build_optimizer, clip_gradients, gradient_norm, loss_sum
 from .progress import Progress
 from .report import averages, write_report
@@ -51,7 +51,7 @@ def mixed_precision(name: str) -> str:
     return {"fp32": "no"}.get(name, name)
 
 
-class Trainer:
+class Trainer(Evaluations):
     def __init__(self, config: RunConfig, resume: bool = False):
         self.config, self.resume = config, resume
         if config.train.threads:
@@ -214,7 +214,7 @@ class Trainer:
         if self.config.adapters == "per_task":
             pl.activate(self.model, self.adapter_names[items[0].task])
         batch = collate(self.kind, items, self.tokenizer.pad_token_id, task.kind == "regression",
-                        pad_to=self._pad_to())
+                        pad_to=self.pad_to())
         labels = batch.pop("labels")
         task_ids = batch.pop("task_ids")
         if self.task_ids:
@@ -225,24 +225,6 @@ class Trainer:
         logits = self.ddp_model(**batch).logits
         return loss_sum(self.kind, logits, labels.to(logits.device), task.kind == "regression",
                         self.config.train.label_smoothing if smoothing is None else smoothing)
-
-    @torch.no_grad()
-    def validation_loss(self) -> float:
-        """Mean loss per label over every task's validation rows, without label smoothing."""
-        cfg, was_training = self.config, self.model.training
-        self.model.eval()
-        total, labels = 0.0, 0
-        if self.validation_items is None:     # encoded once, evaluated at every evaluation
-            self.validation_items = [encode(self.kind, self.tokenizer, task, index, split["validation"],
-                                            cfg.model.max_length, cfg.model.max_target_length)
-                                     for index, (task, split) in enumerate(zip(self.tasks, self.splits))]
-        for items in self.validation_items:
-            for start in range(0, len(items), cfg.train.eval_batch_size):
-                chunk = items[start: start + cfg.train.eval_batch_size]
-                total += float(self._forward_loss(chunk, smoothing=0.0))
-                labels += label_count(self.kind, chunk)
-        self.model.train(was_training)
-        return total / max(labels, 1)
 
     def _stop_if_not_finite(self, loss: float) -> None:
         if math.isfinite(loss):
@@ -279,7 +261,7 @@ class Trainer:
         self.log.write(record)
         self._warn_if_diverging(record["loss"])
         if self.main and self.probe_mixing:
-            seen = observe_mixing(self.model, self._probe_batch())
+            seen = observe_mixing(self.model, self.probe_batch())
             if seen:
                 self.log.write({"step": self.state["step"], "series": seen}, MIXING)
             self.probe_mixing = bool(seen)
@@ -295,46 +277,7 @@ class Trainer:
             self.log.write({"kind": "warning", "step": self.state["step"], "message": message})
             logging.getLogger("peftlab").warning(message)
 
-    def _probe_batch(self) -> dict:
-        """A few validation rows per task, for observing mixing weights on a fixed input."""
-        items = []
-        for index, (task, split) in enumerate(zip(self.tasks, self.splits)):
-            items += encode(self.kind, self.tokenizer, task, index, split["validation"][:4],
-                            self.config.model.max_length, self.config.model.max_target_length, True)
-        batch = collate(self.kind, items, self.tokenizer.pad_token_id, left_pad=self.kind == "causal",
-                        pad_to=self._pad_to())
-        batch.pop("labels", None)
-        task_ids = batch.pop("task_ids")
-        if self.task_ids:
-            batch["task_ids"] = task_ids
-        if self.kind == "seq2seq":
-            batch["decoder_input_ids"] = torch.full((len(items), 1), self.model.config.decoder_start_token_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
-
     # --- evaluation and checkpoints -----------------------------------------------------------------
-    def evaluate_split(self, split: str, final: bool = False) -> dict[str, dict[str, float]]:
-        cfg = self.config
-        budget = self._generation_budget(final)
-        out = {}
-        for index, (task, splits) in enumerate(zip(self.tasks, self.splits)):
-            if split not in splits:
-                continue
-            adapter = self.adapter_names[index] if cfg.adapters == "per_task" else None
-            out[task.name] = evaluate(self.model, self.tokenizer, self.kind, task, index, splits[split],
-                                      cfg.model.max_length, budget, cfg.train.eval_batch_size, adapter,
-                                      self.task_ids, self._pad_to())
-        return out
-
-    def _pad_to(self) -> int | None:
-        return self.config.model.max_length if self.config.data.pad_to_max_length else None
-
-    def _generation_budget(self, final: bool) -> int:
-        """New tokens a text-to-text evaluation may generate: the seeds generate at most 20 during training
-        and 128 at the end (compacter seq2seq_trainer.py:67-76, run_seq2seq.py:541-556)."""
-        model = self.config.model
-        during = model.eval_max_new_tokens or model.max_target_length
-        return (model.final_max_new_tokens or during) if final else during
-
     def _maybe_evaluate(self, end_of_epoch: bool) -> bool:
         """Evaluate / checkpoint when due; returns whether early stopping says stop (same on all ranks)."""
         cfg, step = self.config.train, self.state["step"]
@@ -427,7 +370,7 @@ class Trainer:
         splits = ("test",) if self.config.train.eval_strategy == "no" else ("validation", "test")
         for split in splits:
             # the best checkpoint's validation scores are known already: skip re-evaluating them
-            same_budget = self._generation_budget(True) == self._generation_budget(False)
+            same_budget = self.generation_budget(True) == self.generation_budget(False)
             known = self.state.get("best_scores") if split == "validation" and same_budget else None
             for task, metrics in (known or self.evaluate_split(split, final=True)).items():
                 per_task[task][split] = metrics
