@@ -6,7 +6,9 @@
 
 The package is built in layers, each importing only those below it (docs/extending.md).
 """
+from . import adapterhub
 from . import methods as _methods  # noqa: F401  (registers every method)
+from .adapterhub import export_adapterhub
 from .average import average
 from .blocks import Average, BatchSplit, Fuse, ParallelBlock, Stack, WeightedSum
 from .calls import route
@@ -19,7 +21,7 @@ from .loading import load
 from .merging import merge, unmerge
 from .methods.attempt import Attempt
 from .methods.bitfit import BitFit
-from .methods.bottleneck import Bottleneck, Houlsby, Parallel, Pfeiffer
+from .methods.bottleneck import Bottleneck, DoubleSeqBn, Houlsby, Parallel, ParBn, Pfeiffer, SeqBn
 from .methods.combos import MAM, UniPELT
 from .methods.full import FullFinetune
 from .methods.ia3 import IA3
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "attach", "detach", "activate", "deactivate", "train_adapter", "adapters", "summary", "trainable_parameters",
     "save", "load", "merge", "unmerge", "merge_and_unload", "unload", "export_peft", "config_from_dict", "method_names", "average",
+    "export_adapterhub", "adapterhub", "SeqBn", "DoubleSeqBn", "ParBn",
     "MethodConfig", "PeftlabError",
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
     "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",

@@ -1,5 +1,6 @@
 """`pl.load`: attach a saved adapter from a directory in any format peftlab reads — its own
-(`peftlab_config.json`) or HF PEFT's (`adapter_config.json`)."""
+(`peftlab_config.json`), HF PEFT's or AdapterHub's (both `adapter_config.json`, told apart by content:
+PEFT's names a `peft_type`, AdapterHub's holds a `config` with `model_class` / `version`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 from torch import nn
 
 from .errors import PeftlabError
-from .files import CONFIG_FILE
+from .adapterhub import import_adapterhub
+from .adapterhub_format import is_adapterhub
+from .files import CONFIG_FILE, read_json
 from .io import load as load_peftlab
 from .peft_interop import import_peft
 
@@ -20,8 +23,10 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     if (directory / CONFIG_FILE).is_file():
         return load_peftlab(model, directory, name, trainable=trainable, activate=activate, strict=strict)
     if (directory / "adapter_config.json").is_file():
+        if is_adapterhub(read_json(directory / "adapter_config.json")):
+            return import_adapterhub(model, directory, name, trainable=trainable, activate=activate, strict=strict)
         return import_peft(model, directory, name, trainable=trainable, activate=activate)
     if not directory.exists():
         raise PeftlabError(f"{directory}: not found")
-    raise PeftlabError(f"{directory}: no saved adapter here (expected {CONFIG_FILE}, or HF PEFT's "
-                       f"adapter_config.json)")
+    raise PeftlabError(f"{directory}: no saved adapter here (expected {CONFIG_FILE}, or the "
+                       f"adapter_config.json of HF PEFT or AdapterHub)")

@@ -8,7 +8,10 @@ paths relative to one layer. A slot may list several candidate paths: every one 
 Generic slots: attn.q attn.k attn.v attn.o (attn.qkv where fused), cross_attn.q/k/v/o, ffn.in ffn.out,
 attn (the self-attention module), attn_block_out and ffn_block_out (the module whose output is the
 sublayer's output just before the residual add), norms (per-layer norms); in post-norm layouts,
-attn_block_norm and ffn_block_norm (the norm over that output plus the residual).
+attn_block_norm and ffn_block_norm (the norm over that output plus the residual). attn_residual and
+ffn_residual: the module whose input is the residual stream around the sublayer (pre-norm: the norm in
+front of it; post-norm: its first projection); attn_add_norm and ffn_add_norm (post-norm layouts): the
+norm over sublayer output plus residual, for methods that call it themselves (AdapterHub's adapters).
 """
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ def _slots(cross: bool) -> dict:
         "ffn.out": ("fc2",),
         "ffn_block_out": ("fc2",),
         "norms": ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"),
+        # post-norm: the residual stream is each sublayer's input; its norm follows the residual add
+        "attn_residual": ("self_attn.q_proj",),
+        "ffn_residual": ("fc1",),
+        "attn_add_norm": ("self_attn_layer_norm",),
+        "ffn_add_norm": ("final_layer_norm",),
     }
     if cross:
         slots.update({f"cross_attn.{p}": (f"encoder_attn.{p}_proj",) for p in "qkv"})

@@ -15,6 +15,12 @@ _SLOTS = {
     # post-norm: the LayerNorm over (sublayer output + residual) that follows each block_out
     "attn_block_norm": ("attention.output.LayerNorm",),
     "ffn_block_norm": ("output.LayerNorm",),
+    # the module whose input is the residual stream around each sublayer (AdapterHub's `input_tensor`)
+    "attn_residual": ("attention.self.query",),
+    "ffn_residual": ("intermediate.dense",),
+    # the norm over sublayer output + residual, which AdapterHub's adapters may call themselves
+    "attn_add_norm": ("attention.output.LayerNorm",),
+    "ffn_add_norm": ("output.LayerNorm",),
 }
 
 LAYOUT = Layout(

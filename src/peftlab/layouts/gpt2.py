@@ -10,6 +10,9 @@ _SLOTS = {
     "ffn.out": ("mlp.c_proj",),
     "ffn_block_out": ("mlp.c_proj",),
     "norms": ("ln_1", "ln_2"),
+    # pre-norm: the residual stream is the input of the norm in front of each sublayer
+    "attn_residual": ("ln_1",),
+    "ffn_residual": ("ln_2",),
 }
 
 LAYOUT = Layout(

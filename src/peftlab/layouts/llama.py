@@ -12,6 +12,9 @@ _SLOTS = {
     "ffn.out": ("mlp.down_proj",),
     "ffn_block_out": ("mlp.down_proj",),
     "norms": ("input_layernorm", "post_attention_layernorm"),
+    # pre-norm: the residual stream is the input of the norm in front of each sublayer
+    "attn_residual": ("input_layernorm",),
+    "ffn_residual": ("post_attention_layernorm",),
 }
 
 LAYOUT = Layout(

@@ -17,6 +17,9 @@ def _slots(ffn_index: int, cross: bool) -> dict:
         "ffn.out": (f"{ff}.wo",),
         "ffn_block_out": (f"{ff}.wo",),
         "norms": tuple(f"layer.{i}.layer_norm" for i in range(ffn_index + 1)),
+        # pre-norm: the residual stream is the input of the norm in front of each sublayer
+        "attn_residual": ("layer.0.layer_norm",),
+        "ffn_residual": (f"layer.{ffn_index}.layer_norm",),
     }
     if cross:
         slots.update({f"cross_attn.{p}": (f"layer.1.EncDecAttention.{p}",) for p in "qkvo"})

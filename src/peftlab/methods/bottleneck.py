@@ -5,6 +5,10 @@ output, both before the residual add (Houlsby); `parallel` runs the bottleneck b
 its input and adds the result to its output (He et al.). AdapterDrop: `leave_out` drops layers
 statically; `drop_max_layers` drops the adapters of the lowest k ~ U{0..n} layers each training
 step, and `drop_inference_layers` skips the lowest n layers' adapters at inference.
+
+`compat="adapterhub"` computes AdapterHub's bottleneck adapters instead (bottleneck_adapterhub.py,
+docs/fidelity.md H1-H5): `residual_before_ln` then refers to the model's own LayerNorm, and
+`original_ln_before`, `adapter_residual_before_ln` and `dropout` are AdapterHub's options.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from ..ops.residual_bottleneck import residual_bottleneck
 from ..registry import register_method
 from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
+from .bottleneck_adapterhub import build_adapterhub_bottleneck
 
 NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
 NORMAL_INIT_STD = {"near_identity": 0.01, "bert": 0.02}
@@ -37,7 +42,9 @@ class Bottleneck(LayeredConfig):
     mh_adapter: bool = False
     output_adapter: bool = True
     parallel: bool = False
-    residual_before_ln: bool = True
+    # peftlab: the residual is taken before the adapter's own input LayerNorm; under compat="adapterhub"
+    # before the model's LayerNorm (AdapterHub's meaning), and "post_add" after the model's residual add
+    residual_before_ln: bool | Literal["post_add"] = True
     adapter_layernorm_before: bool = False
     adapter_layernorm_after: bool = False
     scaling: float | Literal["learned"] = 1.0
@@ -47,6 +54,13 @@ class Bottleneck(LayeredConfig):
     init_std: float | None = None
     drop_max_layers: int = 0
     drop_inference_layers: int = 0
+    # AdapterHub's options, with compat="adapterhub" only: the adapter's input is the sublayer's output plus
+    # the residual (through the model's LayerNorm on post-norm models); the residual is added before the
+    # adapter's output LayerNorm; dropout on the scaled up-projection
+    original_ln_before: bool = False
+    adapter_residual_before_ln: bool = False
+    dropout: float = 0.0
+    compat_choices = ("adapterhub",)
 
     def validate(self):
         check(self.reduction_factor > 0, f"{type(self).__name__}.reduction_factor must be positive, "
@@ -64,6 +78,26 @@ class Bottleneck(LayeredConfig):
         check(self.init_std is None or (self.init_std > 0 and self.init != "zero_up"),
               f"{type(self).__name__}.init_std sets the std of a normal init (near_identity, bert); "
               f"got {self.init_std} with init {self.init!r}")
+        if self.compat == "adapterhub":
+            self._validate_adapterhub()
+            return
+        for key, neutral in (("original_ln_before", False), ("adapter_residual_before_ln", False),
+                             ("dropout", 0.0), ("residual_before_ln", "post_add")):
+            value = getattr(self, key)
+            check(value == neutral if key != "residual_before_ln" else value != neutral,
+                  f"{type(self).__name__}.{key}={value!r} is AdapterHub's option: set compat='adapterhub'")
+
+    def _validate_adapterhub(self):
+        name = type(self).__name__
+        check(0.0 <= self.dropout < 1.0, f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        check(not (self.drop_max_layers or self.drop_inference_layers),
+              f"{name}.drop_max_layers / drop_inference_layers: AdapterDrop is not part of AdapterHub's "
+              f"adapter configs; use compat=None")
+        check(self.residual_before_ln != "post_add" or (self.original_ln_before and not self.parallel),
+              f"{name}.residual_before_ln='post_add' needs original_ln_before=True and parallel=False "
+              f"(AdapterHub leaves the residual unset otherwise)")
+        check(not (self.parallel and self.original_ln_before),
+              f"{name}.original_ln_before has no effect on a parallel adapter in AdapterHub; leave it False")
 
     @property
     def identity_at_init(self) -> bool:
@@ -79,7 +113,8 @@ class Houlsby(Bottleneck):
 
 @dataclass
 class Pfeiffer(Bottleneck):
-    """AdapterHub's Pfeiffer placement: after the FFN only. (Compacter's "pfeiffer" places the adapter
+    """AdapterHub's Pfeiffer placement: after the FFN only, reading the FFN's output (AdapterHub's own
+    adapter reads LN(h + x): `SeqBn`, docs/fidelity.md H1). (Compacter's "pfeiffer" places the adapter
     after self-attention only: `Bottleneck(mh_adapter=True, output_adapter=False)`, see configs/.)"""
 
 
@@ -90,6 +125,47 @@ class Parallel(Bottleneck):
     parallel: bool = True
     scaling: float | Literal["learned"] = 4.0
     init: Literal["near_identity", "bert", "zero_up"] = "zero_up"
+
+
+class _AdapterHubPreset:
+    """AdapterHub's presets (adapters 1.3 configuration/adapter_config.py): its defaults, its conventions."""
+
+    def validate(self):
+        check(self.compat == "adapterhub", f"{type(self).__name__} is AdapterHub's preset and computes what "
+                                           f"AdapterHub computes: compat must be 'adapterhub', got {self.compat!r}")
+        super().validate()
+
+
+@dataclass
+class SeqBn(_AdapterHubPreset, Bottleneck):
+    """AdapterHub's `SeqBnConfig` (Pfeiffer et al.): after the FFN, its input the sublayer's output plus the
+    residual (through the model's LayerNorm on post-norm models), N(0, 0.02²) init."""
+
+    original_ln_before: bool = True
+    init: Literal["near_identity", "bert", "zero_up"] = "bert"
+    compat: str | None = "adapterhub"
+
+
+@dataclass
+class DoubleSeqBn(_AdapterHubPreset, Bottleneck):
+    """AdapterHub's `DoubleSeqBnConfig` (Houlsby et al.): after attention and after the FFN, swish."""
+
+    mh_adapter: bool = True
+    non_linearity: NonLinearity = "swish"
+    init: Literal["near_identity", "bert", "zero_up"] = "bert"
+    compat: str | None = "adapterhub"
+
+
+@dataclass
+class ParBn(_AdapterHubPreset, Bottleneck):
+    """AdapterHub's `ParBnConfig` (He et al.): beside the FFN, fed the residual stream, reduction factor 2,
+    scaled by 4, zero up-projection ("mam_adapter" init)."""
+
+    parallel: bool = True
+    reduction_factor: float = 2.0
+    scaling: float | Literal["learned"] = 4.0
+    init: Literal["near_identity", "bert", "zero_up"] = "zero_up"
+    compat: str | None = "adapterhub"
 
 
 class BottleneckNet(nn.Module):
@@ -219,8 +295,19 @@ def _first_per_layer(sites):
 def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity, mh_adapter, output_adapter,
                      parallel, residual_before_ln, adapter_layernorm_before, adapter_layernorm_after, scaling,
                      init, init_std, drop_max_layers, drop_inference_layers, layers, encoder_layers,
-                     decoder_layers, leave_out, linear=None):
+                     decoder_layers, leave_out, linear=None, compat=None, original_ln_before=False,
+                     adapter_residual_before_ln=False, dropout=0.0):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
+    if compat == "adapterhub":
+        check(linear is None, "compat='adapterhub' builds AdapterHub's linear bottleneck only (no PHM or "
+                              "low-rank projections)")
+        return build_adapterhub_bottleneck(
+            target, selection, bottleneck_size=bottleneck_size, reduction_factor=reduction_factor,
+            non_linearity=non_linearity, mh_adapter=mh_adapter, output_adapter=output_adapter, parallel=parallel,
+            residual_before_ln=residual_before_ln, original_ln_before=original_ln_before,
+            ln_before=adapter_layernorm_before, ln_after=adapter_layernorm_after,
+            adapter_residual_before_ln=adapter_residual_before_ln, scaling=scaling, init=init, init_std=init_std,
+            dropout=dropout)
     schedule = DropSchedule(drop_max_layers, drop_inference_layers)
     if drop_max_layers:
         target.add_hook(target.model.register_forward_pre_hook, schedule.sample)
@@ -251,3 +338,6 @@ register_method("bottleneck", Bottleneck, build_bottleneck, aliases=("adapter",)
 register_method("houlsby", Houlsby, build_bottleneck)
 register_method("pfeiffer", Pfeiffer, build_bottleneck)
 register_method("parallel", Parallel, build_bottleneck, aliases=("parallel_adapter",))
+register_method("seq_bn", SeqBn, build_bottleneck, aliases=("seqbn",))
+register_method("double_seq_bn", DoubleSeqBn, build_bottleneck, aliases=("doubleseqbn",))
+register_method("par_bn", ParBn, build_bottleneck, aliases=("parbn",))

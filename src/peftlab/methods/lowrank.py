@@ -27,6 +27,7 @@ class LowRankAdapter(Bottleneck):
     output_adapter: bool = True
     low_rank_rank: int = 1
     low_rank_w_init: Literal["glorot-uniform", "glorot-normal"] = "glorot-uniform"
+    compat_choices = ()     # AdapterHub has no low-rank adapter to reproduce
 
     def validate(self):
         super().validate()
