@@ -1,0 +1,304 @@
+"""Tables, the issue's goal checks and the plot of benchmarks/quality_peers.py, from its JSON
+({"meta", "runs"}): `write_results` is what the script and `--rewrite` call."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+LIBRARIES = ("peftlab", "HF PEFT", "AdapterHub")
+COLOURS = {"peftlab": "tab:blue", "HF PEFT": "tab:orange", "AdapterHub": "tab:green"}
+FULL = "Full fine-tuning"
+PROMPT = "Prompt tuning"
+NOT_ADAPTER_STYLE = (FULL, PROMPT)        # the goal's "adapter-style methods": all but these (and >= 1 %)
+BUDGET_PERCENT, GAP_POINTS = 1.0, 1.0
+MAIN, SECOND = "quality_peers", "quality_peers_gap"    # the CPU mode's file shows the gap mode's in goal 2
+
+
+def scores(runs: list[dict]) -> dict:
+    """{task: {method: {library: {seed: accuracy}}}} of the runs that finished, in run-table order."""
+    out: dict = {}
+    for r in runs:
+        if "error" not in r:
+            out.setdefault(r["task"], {}).setdefault(r["method"], {}).setdefault(r["library"], {})[r["seed"]] = \
+                r["accuracy"]
+    return out
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(by_seed: dict | None) -> str:
+    if not by_seed:
+        return "–"
+    mean, std = _mean_std(by_seed.values())
+    return f"{mean:.1f} ± {std:.1f}" if len(by_seed) > 1 else f"{mean:.1f}"
+
+
+def versus_best_peer(per_library: dict) -> dict | None:
+    """peftlab − the peer with the higher mean: the mean and std of the per-seed differences (the seeds
+    share data order and head init, so they pair), and the goal: peftlab's mean no lower than the
+    peer's by more than the larger of the two seed stds."""
+    ours = per_library.get("peftlab")
+    peers = {lib: v for lib, v in per_library.items() if lib != "peftlab" and v}
+    if not ours or not peers:
+        return None
+    best = max(peers, key=lambda lib: statistics.mean(peers[lib].values()))
+    common = sorted(set(ours) & set(peers[best]))
+    diffs = [ours[s] - peers[best][s] for s in common]
+    (m_ours, s_ours), (m_peer, s_peer) = _mean_std(ours.values()), _mean_std(peers[best].values())
+    return {"peer": best, "diff": statistics.mean(diffs) if diffs else m_ours - m_peer,
+            "spread": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+            "tolerance": max(s_ours, s_peer), "holds": m_ours >= m_peer - max(s_ours, s_peer)}
+
+
+def _percents(runs: list[dict]) -> dict:
+    out: dict = {}
+    for r in runs:
+        if "percent" in r:
+            out.setdefault((r["task"], r["method"]), set()).add(round(r["percent"], 3))
+    return out
+
+
+def _libraries(task: str, meta: dict) -> list[str]:
+    only = meta.get("only", {}).get(task, {}).get("libraries")
+    return [lib for lib in meta["libraries"] if not only or lib in only]
+
+
+def task_table(task: str, runs: list[dict], meta: dict) -> list[str]:
+    table = scores(runs).get(task, {})
+    percents = _percents(runs)
+    errors = {(r["method"], r["library"]): r["error"] for r in runs if r["task"] == task and "error" in r}
+    libraries = _libraries(task, meta)
+    peers = len(libraries) > 1
+    tail = " | peftlab − best peer | goal |" if peers else " |"
+    lines = ["| method | trainable % | " + " | ".join(libraries) + tail,
+             "|---" * (len(libraries) + (4 if peers else 2)) + "|"]
+    for method in _method_order(runs):
+        per_library = table.get(method, {})
+        if not per_library and not any(k[0] == method for k in errors):
+            continue
+        cells = [("n/a¹" if (method, lib) in errors else _cell(per_library.get(lib))) for lib in libraries]
+        check = versus_best_peer(per_library)
+        delta = f"{check['diff']:+.1f} ± {check['spread']:.1f} (vs {check['peer']})" if check else "–"
+        goal = ("yes" if check["holds"] else f"**no** (tolerance {check['tolerance']:.1f})") if check else "–"
+        pct = "/".join(f"{p:.3f}" for p in sorted(percents.get((task, method), []))) or "–"
+        lines.append(f"| {method} | {pct} | " + " | ".join(cells) + (f" | {delta} | {goal} |" if peers else " |"))
+    return lines
+
+
+def _method_order(runs: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in runs))
+
+
+def headline(payload: dict) -> str:
+    """One line for the README: goal 1 over every method x task with a peer, and the spread of peftlab −
+    best peer."""
+    meta, table = payload["meta"], scores(payload["runs"])
+    checks = [(key, method, versus_best_peer(per_library)) for key in meta["budgets"]
+              for method, per_library in table.get(key, {}).items()]
+    checks = [(k, m, c) for k, m, c in checks if c]
+    if not checks:
+        return "No method has both peftlab and a peer result yet."
+    held = sum(c["holds"] for _, _, c in checks)
+    worst = min(checks, key=lambda x: x[2]["diff"])
+    diffs = [c["diff"] for _, _, c in checks]
+    return (f"peftlab − best peer over {len(checks)} method × task pairs: from {min(diffs):+.1f} to "
+            f"{max(diffs):+.1f} points (mean {statistics.mean(diffs):+.1f}); within the seed-std tolerance in "
+            f"{held} of {len(checks)} (lowest: {worst[1]} on {worst[0]}, {worst[2]['diff']:+.1f} ± "
+            f"{worst[2]['spread']:.1f} vs {worst[2]['peer']}).")
+
+
+def adapter_gap(runs: list[dict], task: str) -> list[str]:
+    """Goal 2: methods under 1 % trainable (not prompts) against the same library's full fine-tuning."""
+    table, percents = scores(runs).get(task, {}), _percents(runs)
+    full = table.get(FULL, {})
+    lines = ["| method | library | trainable % | accuracy | full FT | gap | within 1 point |",
+             "|---|---|---|---|---|---|---|"]
+    for method, per_library in table.items():
+        pct = max(percents.get((task, method), {100.0}))
+        if method in NOT_ADAPTER_STYLE or pct >= BUDGET_PERCENT:
+            continue
+        for lib, by_seed in per_library.items():
+            if lib not in full:
+                continue
+            gap = statistics.mean(by_seed.values()) - statistics.mean(full[lib].values())
+            lines.append(f"| {method} | {lib} | {pct:.3f} | {_cell(by_seed)} | {_cell(full[lib])} | {gap:+.1f} | "
+                         f"{'yes' if gap >= -GAP_POINTS else 'no'} |")
+    return lines
+
+
+def prompt_check(runs: list[dict], meta: dict) -> list[str]:
+    """Goal 3: prompt tuning clearly above the majority class: the mean above majority + the 95 %
+    binomial half-width of one run's accuracy on that many test rows, and every seed above majority."""
+    lines = ["| task | library | prompt tuning | majority class | margin needed | clearly above |",
+             "|---|---|---|---|---|---|"]
+    for task, per_method in scores(runs).items():
+        stats = meta["data"][task]
+        majority, n = stats["majority"], stats["test_rows"]
+        p = majority / 100
+        needed = 100 * 1.96 * (p * (1 - p) / n) ** 0.5
+        for lib, by_seed in per_method.get(PROMPT, {}).items():
+            mean = statistics.mean(by_seed.values())
+            above = mean > majority + needed and min(by_seed.values()) > majority
+            lines.append(f"| {task} | {lib} | {_cell(by_seed)} | {majority:.1f} | +{needed:.1f} | "
+                         f"{'yes' if above else 'no'} |")
+    return lines
+
+
+def mapping_table(meta: dict) -> list[str]:
+    lines = ["| method | lr | peftlab | HF PEFT | AdapterHub |", "|---|---|---|---|---|"]
+    notes = []
+    for label, spec in meta["methods"].items():
+        cells = [_config_text(spec["configs"].get(lib)) for lib in LIBRARIES]
+        lines.append(f"| {label} | {spec['lr']:g} | " + " | ".join(cells) + " |")
+        notes += [f"- **{label}**: {note}" for note in spec["notes"]]
+    return lines + [""] + notes
+
+
+def _config_text(config: dict | None) -> str:
+    if config is None:
+        return "(no such method)"
+    if "method" in config:
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items() if k not in ("method", "init_token_ids"))
+        ids = ", init_token_ids=<the init text's ids>" if "init_token_ids" in config else ""
+        return f"`{config['method']}` {args}{ids}".strip()
+    if config["class"] is None:
+        return "bare model, all trained"
+    args = ", ".join(f"{k}={v!r}" for k, v in config["kwargs"].items() if k != "tokenizer_name_or_path")
+    return f"`{config['class']}({args})`".replace("|", "\\|")
+
+
+def budget_table(meta: dict) -> list[str]:
+    lines = ["| task | train rows | epochs | steps | max tokens | tokens/row (padded) | test rows | majority % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, b in meta["budgets"].items():
+        s = meta["data"][task]
+        lines.append(f"| {task} | {s['train_rows']:,} | {b['epochs']:g} | {s['steps']} (batch {b['batch_size']}) | "
+                     f"{b['max_length']} | {s['mean_tokens']:.1f} ({s['padded_tokens_per_row']:.1f}) | "
+                     f"{s['test_rows']} | {s['majority']:.1f} |")
+    return lines
+
+
+def speed_table(runs: list[dict], meta: dict) -> list[str]:
+    per: dict = {}
+    for r in runs:
+        if "error" not in r:
+            per.setdefault((r["task"], r["method"], r["library"]), []).append(r["s_per_step"])
+    lines = ["| task | method | " + " | ".join(f"{lib} s/step" for lib in meta["libraries"]) + " |",
+             "|---" * (len(meta["libraries"]) + 2) + "|"]
+    for task in meta["budgets"]:
+        for method in _method_order(runs):
+            cells = [f"{statistics.mean(per[(task, method, lib)]):.3f}" if (task, method, lib) in per else "–"
+                     for lib in meta["libraries"]]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _title(key: str, meta: dict) -> str:
+    task, stats = meta.get("glue_task", {}).get(key, key), meta["data"][key]
+    only = meta.get("only", {}).get(key)
+    extra = f"; second budget, {', '.join(only['libraries'])} only" if only else ""
+    return f"{task} ({stats['train_rows']:,} rows, {stats['steps']} steps{extra})"
+
+
+def to_markdown(payload: dict, png: str, second: dict | None = None) -> str:
+    meta, runs = payload["meta"], payload["runs"]
+    errors = sorted({(r["library"], r["method"], r["error"]) for r in runs if "error" in r})
+    done = sum(1 for r in runs if "error" not in r)
+    estimate = (f" (estimated beforehand from timed steps: {meta['estimate_min']:.0f} min)"
+                if meta.get("estimate_min") else "")
+    out = [f"# Quality side by side with the peers ({meta['mode']} mode)", "",
+           f"{meta['model']} with a classification head; the same rows, token ids, classifier init, batches, "
+           f"optimizer, schedule, learning rate, batch size and steps for every library; seeds "
+           f"{', '.join(map(str, meta['seeds']))}; accuracy on the test rows after the last step (no model "
+           f"selection). How it is run: `docs/benchmarks_quality.md` (Peers).", "",
+           f"**Measured run time: {meta['wall_min']:.1f} min**{estimate}, {done} runs"
+           f"{' (partial: still running or stopped)' if meta['partial'] else ''}; {meta['machine']}; "
+           f"torch {meta['torch']}, {_versions(runs)}.", ""]
+    out += [f"**Headline**: {headline(payload)}", ""]
+    if meta.get("skipped"):
+        out += [f"Skipped: {', '.join(f'{k} ({v})' for k, v in meta['skipped'].items())}.", ""]
+    out += ["## Budget", ""] + budget_table(meta) + [
+            "", f"Optimizer: {meta['optimizer']}. Schedule: {meta['schedule']}. "
+            "Batches: length-grouped (each epoch a seeded permutation cut into 50-batch chunks sorted by "
+            "length, batches shuffled), the same for every library.", ""]
+    for key in meta["budgets"]:
+        out += [f"## {_title(key, meta)}: test accuracy, mean ± std over seeds", ""]
+        out += task_table(key, runs, meta) + [""]
+    if errors:
+        out += ["¹ Not available:"] + [f"- {lib}, {method}: `{error}`" for lib, method, error in errors] + [""]
+    out += [f"![accuracy per seed]({png})", "", "## Goals", "",
+            "1. peftlab's mean no lower than the best peer's by more than the larger seed std: the *goal* "
+            "column above.", "", "2. Adapter-style methods under 1 % trainable within 1 point of the same "
+            "library's full fine-tuning on SST-2, at each budget:", ""]
+    for part in [payload] + ([second] if second else []):
+        for key in [k for k in part["meta"]["budgets"] if part["meta"].get("glue_task", {}).get(k, k) == "sst2"]:
+            source = "" if part is payload else f" (`{SECOND}.md`, {part['meta']['wall_min']:.0f} min)"
+            out += [f"{_title(key, part['meta'])}{source}:", ""] + adapter_gap(part["runs"], key) + [""]
+    out += ["3. Prompt tuning clearly above the majority class:", ""] + prompt_check(runs, meta) + [""]
+    out += ["## Method mapping", ""] + mapping_table(meta) + [""]
+    out += ["Prompt-tuning init text per task: " + "; ".join(f"{t}: \"{s}\"" for t, s in meta["prompt_text"].items()),
+            "", "## Time per training step (mean over seeds)", ""] + speed_table(runs, meta) + [""]
+    return "\n".join(out)
+
+
+def _versions(runs: list[dict]) -> str:
+    seen = {}
+    for r in runs:
+        for key in ("transformers", "peft", "adapters"):
+            if r.get(key):
+                seen.setdefault(key, set()).add(r[key])
+    return ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in seen.items())
+
+
+def plot(payload: dict, path: Path) -> None:
+    """A dot per seed, a row per method, a colour per library; one panel per task, majority class dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    meta, table = payload["meta"], scores(payload["runs"])
+    tasks = [t for t in meta["budgets"] if t in table]
+    if not tasks:
+        return
+    methods = _method_order(payload["runs"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 0.45 * len(methods) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for row, method in enumerate(methods):
+            for k, lib in enumerate(meta["libraries"]):
+                values = list(table[task].get(method, {}).get(lib, {}).values())
+                y = row + (k - 1) * 0.22
+                ax.scatter(values, [y] * len(values), s=18, color=COLOURS.get(lib, "grey"), label=lib)
+        ax.axvline(meta["data"][task]["majority"], ls="--", color="grey", lw=0.8)
+        ax.set_title(f"{task}: test accuracy (dashed: majority class)", fontsize=10)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()     # the axes share y: inverting each would undo it; the first method on top
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(folder: Path, name: str, payload: dict, show: bool = False) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    second = _read(folder / f"{SECOND}.json") if name == MAIN else None
+    (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png", second))
+    plot(payload, folder / f"{name}.png")
+    if name == SECOND and (folder / f"{MAIN}.json").exists():     # the main table's goal 2 shows this run
+        main = _read(folder / f"{MAIN}.json")
+        (folder / f"{MAIN}.md").write_text(to_markdown(main, f"{MAIN}.png", payload))
+    if show:
+        print((folder / f"{name}.md").read_text())
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,89 @@
+"""benchmarks/quality_peers.py --smoke: the peers quality benchmark's whole code path (token file, worker
+processes, the shared training loop, every method of peftlab and HF PEFT, the report and the plot) on a
+tiny random BERT, in CI time. AdapterHub's runs join when benchmarks/.venv-adapters exists; without it the
+run must record the skip and carry on."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+DATA = ROOT.parent / "shared" / "data"
+ADAPTERHUB = BENCH / ".venv-adapters" / "bin" / "python"
+
+
+def _minilm_installed() -> bool:
+    from peftlab.models import offline_path
+    path = offline_path("minilm")
+    return path is not None and path.is_dir()
+
+
+pytestmark = [
+    pytest.mark.skipif(not (DATA / "glue" / "SST-2").is_dir(), reason=f"no GLUE files under {DATA}"),
+    pytest.mark.skipif(not _minilm_installed(), reason="the offline MiniLM package (its tokenizer) is not installed"),
+]
+
+
+def _run(*args: str, cwd: Path = BENCH) -> None:
+    out = subprocess.run([sys.executable, "quality_peers.py", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("quality_peers")
+    _run("--smoke", "--work", str(folder / "work"), "--results-dir", str(folder / "results"),
+         "--data-dir", str(DATA))
+    return folder / "results", json.loads((folder / "results" / "quality_peers_smoke.json").read_text())
+
+
+def test_every_run_is_recorded_with_its_score_or_error(smoke):
+    _, payload = smoke
+    meta, runs = payload["meta"], payload["runs"]
+    assert meta["mode"] == "smoke" and not meta["partial"] and meta["seeds"] == [42, 43]
+    assert set(meta["budgets"]) == {"sst2", "rte", "sst2-x3"}
+    expected = {"peftlab", "HF PEFT"} | ({"AdapterHub"} if ADAPTERHUB.exists() else set())
+    assert set(meta["libraries"]) == expected
+    if not ADAPTERHUB.exists():
+        assert "AdapterHub" in meta["skipped"]
+    for run in runs:
+        assert {"task", "library", "method", "seed", "lr", "run_s"} <= set(run)
+        if "error" not in run:
+            assert 0.0 <= run["accuracy"] <= 100.0 and run["finite"]
+            assert run["steps"] == meta["data"][run["task"]]["steps"] and run["s_per_step"] > 0
+    keys = {(r["task"], r["method"], r["library"], r["seed"]) for r in runs}
+    assert len(keys) == len(runs), "one record per run"
+    # the main tasks: every method for peftlab; HF PEFT has its four methods and the bare model
+    for task in ("sst2", "rte"):
+        peftlab = {r["method"] for r in runs if r["task"] == task and r["library"] == "peftlab"}
+        assert len(peftlab) == 10
+        assert len({r["method"] for r in runs if r["task"] == task and r["library"] == "HF PEFT"}) == 5
+    # the second budget: peftlab only
+    assert {r["library"] for r in runs if r["task"] == "sst2-x3"} == {"peftlab"}
+
+
+def test_peftlab_methods_all_train(smoke):
+    _, payload = smoke
+    runs = [r for r in payload["runs"] if r["library"] == "peftlab"]
+    failed = [(r["method"], r["task"], r["error"]) for r in runs if "error" in r]
+    assert not failed
+    counts = {r["method"]: r["method_params"] for r in payload["runs"] if r["library"] == "peftlab"}
+    assert counts["Full fine-tuning"] > 100 * counts["Houlsby (k=12)"] > 0
+
+
+def test_report_and_rewrite(smoke):
+    folder, _ = smoke
+    md = (folder / "quality_peers_smoke.md").read_text()
+    for heading in ("## Budget", "## Goals", "## Method mapping", "peftlab − best peer"):
+        assert heading in md
+    (folder / "quality_peers_smoke.md").unlink()
+    (folder / "quality_peers_smoke.png").unlink()
+    _run("--rewrite", "quality_peers_smoke", "--results-dir", str(folder))
+    assert (folder / "quality_peers_smoke.md").read_text() == md
+    assert (folder / "quality_peers_smoke.png").stat().st_size > 0
