@@ -28,4 +28,11 @@ test-peers:
 	  $$AH/bin/python scripts/adapterhub_fixtures.py write && \
 	  rm -rf runs/adapterhub-exports && $(PY) scripts/adapterhub_fixtures.py export runs/adapterhub-exports && \
 	  $$AH/bin/python scripts/adapterhub_fixtures.py check runs/adapterhub-exports
-	$(PY) -m pytest -q tests/test_adapterhub.py tests/test_adapterhub_fidelity.py
+	$(PY) -m pytest -q tests/test_adapterhub.py tests/test_adapterhub_fidelity.py tests/test_adapterhub_methods.py
+	# compositions and AdapterFusion (docs/adapterhub_compositions.md); its fixtures reuse the bases written above
+	AH=$$(bash benchmarks/peers/setup_adapterhub.sh) && \
+	  $$AH/bin/python scripts/adapterhub_compose_fixtures.py write && \
+	  rm -rf runs/adapterhub-compose-exports && \
+	  $(PY) scripts/adapterhub_compose_fixtures.py export runs/adapterhub-compose-exports && \
+	  $$AH/bin/python scripts/adapterhub_compose_fixtures.py check runs/adapterhub-compose-exports
+	$(PY) -m pytest -q tests/test_adapterhub_compose.py

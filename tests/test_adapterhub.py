@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 import peftlab as pl
+from peftlab.adapterhub import tensor_names
 from peftlab.adapterhub_format import is_adapterhub
+from peftlab.core import adapter_state
 from tiny import tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
@@ -70,7 +72,10 @@ def test_adapterhubs_saved_adapter_gives_adapterhubs_logits(case):
 
 
 @pytest.mark.parametrize("case", ["bert-seq_bn", "roberta-seq_bn_options", "gpt2-lora_options", "t5-par_bn_options",
-                                  "bart-seq_bn_post_add", "llama-ia3_options", "bert-prompt_tuning_bos"])
+                                  "bart-seq_bn_post_add", "llama-ia3_options", "bert-prompt_tuning_bos",
+                                  "bart-compacter_pp", "t5-compacter_options", "llama-compacter",
+                                  "gpt2-double_seq_bn_inv", "t5-seq_bn_inv", "t5-prefix_tuning",
+                                  "bert-prefix_tuning_flat", "bart-prefix_tuning_options", "llama-prefix_tuning"])
 def test_an_export_has_adapterhubs_tensor_names_and_reads_back(case, tmp_path):
     arch = case.split("-")[0]
     model = base_model(arch)
@@ -133,8 +138,11 @@ def _edit_config(directory: Path, change) -> None:
 
 REFUSED = [
     ("bert-seq_bn", lambda m: m["config"].update(fancy_key=1), "config key 'fancy_key'"),
-    ("bert-seq_bn", lambda m: m["config"].update(phm_layer=True), "config.phm_layer=True"),
-    ("bert-seq_bn", lambda m: m["config"].update(inv_adapter="nice"), "config.inv_adapter='nice'"),
+    ("bert-seq_bn", lambda m: m["config"].update(phm_layer=True), "adapter_down.0.weight' is unexpected"),
+    ("bert-seq_bn", lambda m: m["config"].update(inv_adapter="nice"), "needs a positive inv_adapter_reduction"),
+    ("bert-seq_bn", lambda m: m["config"].update(inv_adapter="realnvp"), "inv_adapter must be 'nice', 'glow' or None"),
+    ("bert-compacter", lambda m: m["config"].update(factorized_phm_W=False, shared_W_phm=True),
+     "AdapterHub fails to build it"),
     ("bert-seq_bn", lambda m: m["config"].update(original_ln_after=False), "config.original_ln_after=False"),
     ("bert-seq_bn", lambda m: m["config"].update(reduction_factor={"default": 4}), "reduction_factor"),
     ("bert-seq_bn", lambda m: m["config"].update(init_weights="houlsby"), "init_weights='houlsby'"),
@@ -143,7 +151,8 @@ REFUSED = [
     ("bert-seq_bn", lambda m: m.update(model_type="roberta"), "model_type"),
     ("bert-seq_bn", lambda m: m.update(config="pfeiffer"), "names an AdapterHub preset"),
     ("bert-lora", lambda m: m["config"].update(use_dora=True), "config.use_dora=True"),
-    ("bert-lora", lambda m: m["config"].update(architecture="prefix_tuning"), "architecture='prefix_tuning'"),
+    ("bert-lora", lambda m: m["config"].update(architecture="reft"), "architecture='reft'"),
+    ("bert-prefix_tuning", lambda m: m["config"].update(use_gating=True), "config.use_gating=True"),
     ("bert-lora", lambda m: m["config"].update(attn_matrices=["q", "x"]), "attn_matrices"),
     ("bert-ia3", lambda m: m["config"].update(r=2), "r must be 1"),
 ]
@@ -246,15 +255,39 @@ def test_export_refuses_an_adapter_adapterhub_computes_differently(tmp_path):
 
 
 def test_the_presets_refuse_another_code_bases_conventions():
-    for preset in (pl.SeqBn, pl.DoubleSeqBn, pl.ParBn, pl.adapterhub.LoRA, pl.adapterhub.IA3,
-                   pl.adapterhub.PromptTuning):
+    for preset in (pl.SeqBn, pl.DoubleSeqBn, pl.ParBn, pl.SeqBnInv, pl.DoubleSeqBnInv, pl.adapterhub.Compacter,
+                   pl.adapterhub.CompacterPlusPlus, pl.adapterhub.LoRA, pl.adapterhub.IA3, pl.adapterhub.PromptTuning,
+                   pl.adapterhub.PrefixTuning):
         with pytest.raises(pl.PeftlabError, match="compat must be 'adapterhub'"):
             preset(compat=None)
     with pytest.raises(pl.PeftlabError, match="original_ln_before=True is AdapterHub's option"):
         pl.Bottleneck(original_ln_before=True)
+    with pytest.raises(pl.PeftlabError, match="inv_adapter='nice' is AdapterHub's option"):
+        pl.Pfeiffer(inv_adapter="nice", inv_adapter_reduction_factor=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pl.Bottleneck(original_ln_before=True, compat="adapterhub")
+
+
+def test_a_t5_compacter_with_shared_tensors_is_refused_both_ways(tmp_path):
+    """AdapterHub never saves (or loads) a Compacter's shared tensors on T5: its own file of one lacks them,
+    and an export would lose them."""
+    directory = _copy("t5-compacter_options", tmp_path)
+    tensors = torch.load(directory / "pytorch_adapter.bin", weights_only=True)
+    torch.save({k: v for k, v in tensors.items() if ".phm_rule" not in k}, directory / "pytorch_adapter.bin")
+    _edit_config(directory, lambda m: m["config"].update(shared_phm_rule=True))
+    model = base_model("t5")
+    before = snapshot(model)
+    with pytest.raises(pl.PeftlabError, match="shared_parameters.compacter_options.phm_rule_left' is missing "
+                                              r"\(AdapterHub keeps a Compacter's shared tensors only under a base"):
+        pl.load(model, directory)
+    assert_unchanged(model, before)
+    pl.attach(model, pl.adapterhub.Compacter(reduction_factor=4), "c")
+    with pytest.raises(pl.PeftlabError, match="neither saves nor loads on this model"):
+        pl.export_adapterhub(model, "c", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    pl.attach(model, pl.adapterhub.Compacter(reduction_factor=4, shared_phm_rule=False), "d")
+    pl.export_adapterhub(model, "d", tmp_path / "out")
 
 
 def test_the_worked_example_in_docs_adapterhub_md_runs(tmp_path, monkeypatch):
@@ -264,3 +297,43 @@ def test_the_worked_example_in_docs_adapterhub_md_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "docs/adapterhub.md", "exec"), {})
     assert (tmp_path / "out" / "seq_bn" / "pytorch_adapter.bin").is_file()
+
+
+# --- training: AdapterHub's gradients ------------------------------------------------------------------------
+
+GRADIENT_CASES = [case for case in CASES if (FIXTURES / case / "grads.safetensors").exists()]
+
+
+def no_dropout(model) -> None:
+    """Every dropout at 0 (modules and the rates attention functions read), as the fixtures' gradients were
+    taken: the check is about the math, not about where each library draws its dropout masks."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+                setattr(module, key, 0.0)
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_adapterhubs_saved_adapter_gets_adapterhubs_gradients(case):
+    """d sum(logits * probe) / d each adapter tensor, in train mode, against AdapterHub's own (mapped through
+    the name table pl.load reads by): within 1e-4 of the largest gradient of the fixture."""
+    arch = case.split("-")[0]
+    model = base_model(arch)
+    batch, _ = fixed_batch(arch)
+    pl.load(model, FIXTURES / case, trainable=True)
+    name = next(iter(pl.adapters(model)))
+    no_dropout(model)
+    state, names = adapter_state(model, name), tensor_names(model, name)
+    want = load_file(str(FIXTURES / case / "grads.safetensors"))
+    tensors = [state[names[key]] for key in want]
+    model.train()
+    out = model(**batch).logits
+    weights = load_file(str(FIXTURES / "base" / f"{arch}-probe.safetensors"))["probe"]
+    got = torch.autograd.grad((out * weights).sum(), tensors, allow_unused=True)
+    scale = max(g.abs().max().item() for g in want.values())
+    for (key, expected), grad, tensor in zip(want.items(), got, tensors):
+        grad = torch.zeros_like(tensor) if grad is None else grad
+        gap = (grad.reshape(expected.shape) - expected).abs().max().item()
+        assert gap <= 1e-4 * scale, f"{key}: gradient off by {gap:.2e} (largest gradient {scale:.2e})"

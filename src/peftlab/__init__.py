@@ -10,7 +10,7 @@ from . import adapterhub
 from . import methods as _methods  # noqa: F401  (registers every method)
 from .adapterhub import export_adapterhub
 from .average import average
-from .blocks import Average, BatchSplit, Fuse, ParallelBlock, Stack, WeightedSum
+from .blocks import Average, AverageOutputs, BatchSplit, Fuse, ParallelBlock, Split, Stack, WeightedSum
 from .calls import route
 from .config import MethodConfig
 from .core import activate, adapters, deactivate, detach, summary, train_adapter, trainable_parameters
@@ -21,7 +21,8 @@ from .loading import load
 from .merging import merge, unmerge
 from .methods.attempt import Attempt
 from .methods.bitfit import BitFit
-from .methods.bottleneck import Bottleneck, DoubleSeqBn, Houlsby, Parallel, ParBn, Pfeiffer, SeqBn
+from .methods.bottleneck import (Bottleneck, DoubleSeqBn, DoubleSeqBnInv, Houlsby, Parallel, ParBn, Pfeiffer,
+                                 SeqBn, SeqBnInv)
 from .methods.combos import MAM, UniPELT
 from .methods.full import FullFinetune
 from .methods.ia3 import IA3
@@ -44,11 +45,12 @@ __version__ = "0.1.0"
 __all__ = [
     "attach", "detach", "activate", "deactivate", "train_adapter", "adapters", "summary", "trainable_parameters",
     "save", "load", "merge", "unmerge", "merge_and_unload", "unload", "export_peft", "config_from_dict", "method_names", "average",
-    "export_adapterhub", "adapterhub", "SeqBn", "DoubleSeqBn", "ParBn",
+    "export_adapterhub", "adapterhub", "SeqBn", "DoubleSeqBn", "ParBn", "SeqBnInv", "DoubleSeqBnInv",
     "MethodConfig", "PeftlabError",
     "Bottleneck", "Houlsby", "Pfeiffer", "Parallel", "LoRA", "IA3", "BitFit", "FullFinetune",
     "PHMAdapter", "Compacter", "CompacterPlusPlus", "LowRankAdapter", "IntrinsicSAID",
     "PromptTuning", "PrefixTuning", "SPoT", "Attempt", "eject_prefix",
     "KernelAdapter", "KernelMix", "Inducer", "InducerLoRA", "InducerMAM", "MAM", "UniPELT",
     "Stack", "Fuse", "WeightedSum", "ParallelBlock", "BatchSplit", "Average", "route", "InvertibleAdapter",
+    "Split", "AverageOutputs",
 ]

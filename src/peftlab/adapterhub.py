@@ -9,7 +9,8 @@ A directory holds `adapter_config.json` and `pytorch_adapter.bin` (read with `to
 or `adapter.safetensors`; a static task head (`head_config.json` whose config is null, with
 `pytorch_model_head.bin` or `model_head.safetensors`) comes along when it belongs to this model's class, as
 AdapterHub's loader does. AdapterHub's methods built by hand: `pl.adapterhub.SeqBn`, `DoubleSeqBn`, `ParBn`,
-`LoRA`, `IA3`, `PromptTuning` (docs/adapterhub.md).
+`SeqBnInv`, `DoubleSeqBnInv`, `Compacter`, `CompacterPlusPlus`, `LoRA`, `IA3`, `PromptTuning`, `PrefixTuning`
+(docs/adapterhub.md); `tensor_names` is the table between AdapterHub's tensor names and peftlab's.
 """
 from __future__ import annotations
 
@@ -23,24 +24,43 @@ from torch import nn
 
 from .adapterhub_format import (PROMPT_HOME, VERSION, bottleneck_home, bottleneck_leaves, config_from_adapterhub,
                                 config_to_adapterhub, normalize, stack_patterns)
+from .adapterhub_names import (INVERTIBLE, PREFIX_POOL, SHARED, invertible_names, owners, prefix_names,
+                               shared_phm_names)
 from .core import adapter_state, attach, detach, pick, require
 from .errors import PeftlabError
 from .files import atomic_write, check_finite, read_json, read_safetensors, read_torch_tensors, regular_file
 from .io import copy_into
 from .layouts import layout_for
-from .methods.bottleneck import Bottleneck, DoubleSeqBn, ParBn, SeqBn
+from .methods.bottleneck import Bottleneck, DoubleSeqBn, DoubleSeqBnInv, ParBn, SeqBn, SeqBnInv
 from .methods.bottleneck_adapterhub import ParallelAdapterHub, SerialAdapterHub
+from .methods.invertible_adapterhub import InvertibleForward
 from .methods.lora import LoRAPart
 from .methods.lora_adapterhub import AdapterHubIA3 as IA3
 from .methods.lora_adapterhub import AdapterHubLoRA as LoRA
 from .methods.lora_adapterhub import FusedIA3Part, FusedLoRAPart, ScaledIA3Part
+from .methods.phm import AdapterHubCompacter as Compacter
+from .methods.phm import AdapterHubCompacterPlusPlus as CompacterPlusPlus
+from .methods.phm import Compacter as PeftlabCompacter
+from .methods.phm import CompacterPlusPlus as PeftlabCompacterPlusPlus
+from .methods.phm import PHMAdapter
+from .methods.prefix_adapterhub import AdapterHubPrefixTuning as PrefixTuning
 from .methods.prompt_adapterhub import AdapterHubPromptTuning as PromptTuning
 from .targeting import find_stacks, stack_position
+# AdapterFusion directories and compositions (adapterhub_fusion.py, adapterhub_compose.py)
+from .adapterhub_compose import average_adapter, block_from_setup, setup_to_dict
+from .adapterhub_fusion import export_adapterhub_fusion, fusion_regularization_loss, fusion_tensor_names
+from .methods.fusion import FusionConfig
 
-__all__ = ["SeqBn", "DoubleSeqBn", "ParBn", "LoRA", "IA3", "PromptTuning", "export_adapterhub",
-           "import_adapterhub"]
+__all__ = ["SeqBn", "DoubleSeqBn", "ParBn", "SeqBnInv", "DoubleSeqBnInv", "Compacter", "CompacterPlusPlus", "LoRA",
+           "IA3", "PromptTuning", "PrefixTuning", "export_adapterhub", "import_adapterhub", "tensor_names"]
+
+__all__ += ["average_adapter", "block_from_setup", "setup_to_dict", "fusion_regularization_loss",
+            "fusion_tensor_names"]
 
 CONFIG = "adapter_config.json"
+# a model that is its own base model (T5ForConditionalGeneration): AdapterHub's saver and loader look for
+# '.shared_parameters.' with a leading dot (loading.py:392)
+T5_SHARED = " (AdapterHub keeps a Compacter's shared tensors only under a base model, which T5 lacks)"
 WEIGHTS, SAFE_WEIGHTS = "pytorch_adapter.bin", "adapter.safetensors"
 HEAD_CONFIG, HEAD_WEIGHTS, SAFE_HEAD_WEIGHTS = "head_config.json", "pytorch_model_head.bin", "model_head.safetensors"
 
@@ -156,28 +176,22 @@ def _key_map(model: nn.Module, name: str, saved_name: str) -> dict[str, tuple[st
     state = adapter_state(model, name)
     key_of = {id(t): k for k, t in state.items()}
     layout, attachment = layout_for(model), require(model).adapters[name]
-    stacks = find_stacks(model, layout)
+    owner_of = owners(model, layout)
     out = {}
 
     def put(ah_key, tensor, optional=False, shape=None):
         out[ah_key] = (key_of[id(tensor)], torch.Size(shape or tensor.shape), optional)
 
     for path, part in attachment.parts:
-        if isinstance(part, (SerialAdapterHub, ParallelAdapterHub)):
-            stack, layer = stack_position(model, layout, path)
-            home = bottleneck_home(layout.name, part.location, stack)
-            prefix = f"{stacks[stack][0]}.{layer}.{home}.adapters.{saved_name}."
-            for leaf, tensor, optional in bottleneck_leaves(part.net):
-                put(prefix + leaf, tensor, optional)
-        elif isinstance(part, (LoRAPart, FusedLoRAPart)):
-            a, b = (part.lora_A, part.lora_B) if isinstance(part, FusedLoRAPart) else (part.lora_A.weight,
-                                                                                        part.lora_B.weight)
-            put(f"{path}.loras.{saved_name}.lora_A", a)
-            put(f"{path}.loras.{saved_name}.lora_B", b)
-        elif isinstance(part, FusedIA3Part):
-            put(f"{path}.loras.{saved_name}.lora_B", part.lora_B)
-        elif isinstance(part, ScaledIA3Part):
-            put(f"{path}.loras.{saved_name}.lora_B", part.ia3_l, shape=(part.ia3_l.shape[0], 1))
+        if isinstance(part, InvertibleForward):
+            for ah_key, key in invertible_names(part, key_of, owner_of[INVERTIBLE], saved_name).items():
+                put(ah_key, state[key])
+        else:
+            _part_names(model, layout, path, part, saved_name, put)
+    for ah_key, key in shared_phm_names(state, owner_of[SHARED], saved_name).items():
+        put(ah_key, state[key])
+    for ah_key, (key, optional) in prefix_names(model, layout, state, owner_of[PREFIX_POOL], saved_name).items():
+        put(ah_key, state[key], optional)
     if "home.prompt.embedding" in state:
         owner = _prompt_owner(attachment)
         ah_key = f"{owner}.{PROMPT_HOME}.{saved_name}.prompt_embedding.weight".lstrip(".")
@@ -186,6 +200,32 @@ def _key_map(model: nn.Module, name: str, saved_name: str) -> dict[str, tuple[st
     if missed:
         raise PeftlabError(f"adapter '{name}': '{missed[0]}' has no AdapterHub name ({attachment.config.method})")
     return out
+
+
+def _part_names(model, layout, path: str, part, saved_name: str, put) -> None:
+    """The names of one part's tensors: a layer's bottleneck adapter, LoRA or (IA)^3 vector."""
+    if isinstance(part, (SerialAdapterHub, ParallelAdapterHub)):
+        stack, layer = stack_position(model, layout, path)
+        home = bottleneck_home(layout.name, part.location, stack)
+        prefix = f"{find_stacks(model, layout)[stack][0]}.{layer}.{home}.adapters.{saved_name}."
+        for leaf, tensor, optional in bottleneck_leaves(part.net):
+            put(prefix + leaf, tensor, optional)
+    elif isinstance(part, (LoRAPart, FusedLoRAPart)):
+        a, b = (part.lora_A, part.lora_B) if isinstance(part, FusedLoRAPart) else (part.lora_A.weight,
+                                                                                    part.lora_B.weight)
+        put(f"{path}.loras.{saved_name}.lora_A", a)
+        put(f"{path}.loras.{saved_name}.lora_B", b)
+    elif isinstance(part, FusedIA3Part):
+        put(f"{path}.loras.{saved_name}.lora_B", part.lora_B)
+    elif isinstance(part, ScaledIA3Part):
+        put(f"{path}.loras.{saved_name}.lora_B", part.ia3_l, shape=(part.ia3_l.shape[0], 1))
+
+
+def tensor_names(model: nn.Module, name: str, saved_name: str | None = None) -> dict[str, str]:
+    """AdapterHub's name of each tensor adapter `name` owns (with this model's module paths, the adapter
+    called `saved_name` there) -> its key in `adapter_state`: the table `pl.load` and `export_adapterhub`
+    translate by (the gradient check of tests/test_adapterhub.py maps AdapterHub's gradients through it)."""
+    return {ah: key for ah, (key, _, _) in _key_map(model, name, saved_name or name).items()}
 
 
 def _prompt_owner(attachment) -> str:
@@ -200,7 +240,8 @@ def _from_adapterhub(model, name: str, raw: dict, saved_name: str, source: Path,
     attachment = require(model).adapters[name]
     owner = _prompt_owner(attachment) if "input prompts" in attachment.acts_on else None
     patterns = stack_patterns(layout_for(model), stacks)
-    saved = {normalize(k, patterns, owner): v for k, v in raw.items()}
+    owner_of = owners(model, layout_for(model))
+    saved = {normalize(k, patterns, owner, owner_of): v for k, v in raw.items()}
     expected = _key_map(model, name, saved_name)
     unexpected = [k for k in saved if k not in expected]
     if unexpected:
@@ -210,7 +251,8 @@ def _from_adapterhub(model, name: str, raw: dict, saved_name: str, source: Path,
         if ah_key not in saved:
             if optional:
                 continue
-            raise PeftlabError(f"{source}: tensor '{ah_key}' is missing")
+            raise PeftlabError(f"{source}: tensor '{ah_key}' is missing" + (T5_SHARED if ah_key.startswith(
+                f"{SHARED}.") else ""))
         tensor = saved[ah_key]
         if tuple(tensor.shape) != tuple(shape):
             raise PeftlabError(f"{source}: tensor '{ah_key}' has shape {list(tensor.shape)}, expected {list(shape)}")
@@ -220,7 +262,9 @@ def _from_adapterhub(model, name: str, raw: dict, saved_name: str, source: Path,
 
 # --- writing ---------------------------------------------------------------------------------------------
 
-EXPORTABLE = (Bottleneck, LoRA, PromptTuning)
+EXPORTABLE = (Bottleneck, LoRA, PromptTuning, PrefixTuning)
+BOTTLENECKS = (Bottleneck, SeqBn, DoubleSeqBn, ParBn, SeqBnInv, DoubleSeqBnInv, PHMAdapter, PeftlabCompacter,
+               PeftlabCompacterPlusPlus, Compacter, CompacterPlusPlus)
 
 
 def export_adapterhub(model: nn.Module, name: str | None, directory) -> Path:
@@ -230,11 +274,16 @@ def export_adapterhub(model: nn.Module, name: str | None, directory) -> Path:
     name = pick(controller, name)
     attachment = controller.adapters[name]
     config = attachment.config
+    if isinstance(config, FusionConfig):   # AdapterHub's save_adapter_fusion (adapterhub_fusion.py)
+        return export_adapterhub_fusion(model, name, directory)
     _check_exportable(name, config)
     stacks = find_stacks(model, layout_for(model))
     state = adapter_state(model, name)
     tensors = {ah: state[key].detach().to("cpu").reshape(shape).contiguous().clone()
                for ah, (key, shape, _) in _key_map(model, name, name).items()}
+    if any(ah.startswith(f"{SHARED}.") for ah in tensors):
+        raise PeftlabError(f"export_adapterhub: '{name}' shares PHM tensors across layers, which AdapterHub neither "
+                           f"saves nor loads on this model{T5_SHARED}; use shared_phm_rule=False, shared_W_phm=False")
     meta = {"config": config_to_adapterhub(config, stacks), "hidden_size": _hidden_size(model),
             "model_class": type(model).__name__, "model_name": getattr(model.config, "_name_or_path", "") or "",
             "model_type": model.config.model_type, "name": name, "version": VERSION}
@@ -260,10 +309,11 @@ def export_adapterhub(model: nn.Module, name: str | None, directory) -> Path:
 def _check_exportable(name: str, config) -> None:
     kind = type(config).__name__
     if not isinstance(config, EXPORTABLE) or (isinstance(config, Bottleneck) and (
-            type(config) not in (Bottleneck, SeqBn, DoubleSeqBn, ParBn) or config.compat != "adapterhub")):
+            type(config) not in BOTTLENECKS or config.compat != "adapterhub")):
         raise PeftlabError(f"export_adapterhub writes adapters built with AdapterHub's conventions (pl.SeqBn, "
-                           f"pl.DoubleSeqBn, pl.ParBn, a Bottleneck with compat='adapterhub', pl.adapterhub.LoRA, "
-                           f".IA3, .PromptTuning); '{name}' is a {kind}")
+                           f"pl.DoubleSeqBn, pl.ParBn, pl.SeqBnInv, pl.DoubleSeqBnInv, a Bottleneck or PHMAdapter "
+                           f"with compat='adapterhub', pl.adapterhub.Compacter, .CompacterPlusPlus, .LoRA, .IA3, "
+                           f".PromptTuning, .PrefixTuning); '{name}' is a {kind}")
     if isinstance(config, Bottleneck):
         for key, ok in (("bottleneck_size", config.bottleneck_size is None), ("init_std", config.init_std is None),
                         ("init", config.init in ("bert", "zero_up"))):

@@ -11,10 +11,13 @@ import re
 import warnings
 from collections.abc import Mapping
 
+from .adapterhub_names import normalize_owned
 from .config import MethodConfig
 from .errors import PeftlabError
 from .methods.bottleneck import Bottleneck
 from .methods.lora_adapterhub import AdapterHubIA3, AdapterHubLoRA
+from .methods.phm import PHMAdapter, PHMLinear
+from .methods.prefix_adapterhub import AdapterHubPrefixTuning
 from .methods.prompt_adapterhub import AdapterHubPromptTuning
 from .targeting import LayerSelection
 
@@ -25,21 +28,27 @@ BN_FIELDS = {"mh_adapter": "mh_adapter", "output_adapter": "output_adapter", "re
              "non_linearity": "non_linearity", "original_ln_before": "original_ln_before",
              "ln_before": "adapter_layernorm_before", "ln_after": "adapter_layernorm_after", "is_parallel": "parallel",
              "scaling": "scaling", "residual_before_ln": "residual_before_ln",
-             "adapter_residual_before_ln": "adapter_residual_before_ln", "dropout": "dropout", "init_weights": "init"}
+             "adapter_residual_before_ln": "adapter_residual_before_ln", "dropout": "dropout", "init_weights": "init",
+             "inv_adapter": "inv_adapter", "inv_adapter_reduction_factor": "inv_adapter_reduction_factor"}
 BN_REQUIRED = ("mh_adapter", "output_adapter", "reduction_factor", "non_linearity")   # BnConfig's required fields
 # keys peftlab reads at AdapterHub's default value only: any other value changes what is computed
-BN_NEUTRAL = {"original_ln_after": True, "use_gating": False, "inv_adapter": None, "cross_adapter": False,
-              "phm_layer": False, "stochastic_depth": 0.0}
-# keys AdapterHub reads only with phm_layer or inv_adapter set, or at initialization (weights are loaded)
+BN_NEUTRAL = {"original_ln_after": True, "use_gating": False, "cross_adapter": False, "stochastic_depth": 0.0}
+# PHMAdapter's fields (the same names) with phm_layer set; without it AdapterHub never reads them
 PHM_KEYS = ("phm_dim", "factorized_phm_W", "shared_W_phm", "shared_phm_rule", "factorized_phm_rule", "phm_c_init",
             "phm_init_range", "learn_phm", "hypercomplex_nonlinearity", "phm_rank", "phm_bias")
-BN_IGNORED = {"init_weights_seed", "inv_adapter_reduction_factor", *PHM_KEYS}
+BN_IGNORED = {"init_weights_seed"}
 INITS = {"bert": "bert", "mam_adapter": "zero_up"}      # AdapterHub init_weights -> peftlab init
+# AdapterHub accepts "phm" too; every name draws the same blocks there (methods/modeling.py:822-835)
+PHM_INITS = {"phm": "glorot-normal"}
 LORA_FIELDS = ("selfattn_lora", "intermediate_lora", "output_lora", "attn_matrices", "r", "alpha", "dropout",
                "composition_mode", "init_weights")
 LORA_NEUTRAL = {"use_gating": False, "use_dora": False, "vera_d": None, "vera_b": None, "dtype": None}
 PROMPT_FIELDS = ("prompt_length", "prompt_init", "prompt_init_text", "combine")
-IGNORED = {"architecture", "init_weights_seed", "random_uniform_scale"}
+PREFIX_FIELDS = ("encoder_prefix", "cross_prefix", "flat", "prefix_length", "bottleneck_size", "non_linearity",
+                 "dropout")
+PREFIX_NEUTRAL = {"use_gating": False}
+# keys that only seed the initialization, or (shared_gating) only matter with a refused option
+IGNORED = {"architecture", "init_weights_seed", "random_uniform_scale", "shared_gating"}
 # the BnConfig keys AdapterHub writes, with its defaults (for keys peftlab has no field for)
 BN_WRITTEN = {"original_ln_after": True, "init_weights_seed": None, "use_gating": False, "inv_adapter": None,
               "inv_adapter_reduction_factor": None, "cross_adapter": False, "phm_layer": False, "phm_dim": 4,
@@ -68,6 +77,9 @@ def config_from_adapterhub(meta: dict, stacks: dict, where) -> MethodConfig:
         return _lora(config, meta.get("version"), stacks, where)
     if architecture == "prompt_tuning":
         return _build(AdapterHubPromptTuning, _plain(config, PROMPT_FIELDS, {}, where), where)
+    if architecture == "prefix_tuning":
+        fields = _plain(config, PREFIX_FIELDS, PREFIX_NEUTRAL, where, stacks)
+        return _build(AdapterHubPrefixTuning, fields, where)
     raise PeftlabError(f"{where}: config.architecture={architecture!r}: AdapterHub's {architecture} adapters are "
                        f"not read yet (docs/adapterhub.md lists what is)")
 
@@ -96,6 +108,7 @@ def _bottleneck(config: dict, stacks: dict, where) -> Bottleneck:
     if missing:
         raise PeftlabError(f"{where}: config lacks '{missing[0]}' (a saved AdapterHub bottleneck config has it)")
     fields = {"compat": "adapterhub", "init": "bert"}    # BnConfig's default init_weights
+    phm = bool(config.get("phm_layer"))
     for key, value in config.items():
         if key in BN_FIELDS:
             fields[BN_FIELDS[key]] = value
@@ -103,7 +116,13 @@ def _bottleneck(config: dict, stacks: dict, where) -> Bottleneck:
             _require(key, value, BN_NEUTRAL[key], where)
         elif key == "leave_out":
             fields.update(layer_fields(value, stacks, where))
-        elif key not in BN_IGNORED and key != "architecture":
+        elif key in PHM_KEYS:
+            if phm:
+                fields[key] = PHM_INITS.get(value, value) if key == "hypercomplex_nonlinearity" else value
+        elif key == "invertible_adapter" and isinstance(value, dict):    # adapters 1.0's spelling
+            fields.update(inv_adapter=value.get("block_type"),
+                          inv_adapter_reduction_factor=value.get("reduction_factor"))
+        elif key not in BN_IGNORED and key not in ("architecture", "phm_layer"):
             raise PeftlabError(f"{where}: config key '{key}' is not an AdapterHub bottleneck option peftlab reads")
     if fields["init"] not in INITS:
         raise PeftlabError(f"{where}: config.init_weights={fields['init']!r} is not supported "
@@ -117,7 +136,7 @@ def _bottleneck(config: dict, stacks: dict, where) -> Bottleneck:
         fields["non_linearity"] = fields["non_linearity"].lower()     # AdapterHub lowercases it (modeling.py:26)
     if fields.get("parallel"):
         fields["original_ln_before"] = False      # a parallel adapter never reads it (modeling.py:285-307)
-    return _build(Bottleneck, fields, where)
+    return _build(PHMAdapter if phm else Bottleneck, fields, where)
 
 
 def _lora(config: dict, version, stacks: dict, where) -> AdapterHubLoRA:
@@ -176,6 +195,9 @@ def config_to_adapterhub(config, stacks: dict) -> dict:
         return {"architecture": "prompt_tuning", "init_weights_seed": None,
                 **{key: getattr(config, key) for key in PROMPT_FIELDS}}
     leave_out = global_leave_out(config, stacks)
+    if isinstance(config, AdapterHubPrefixTuning):
+        return {"architecture": "prefix_tuning", "leave_out": leave_out, "init_weights_seed": None,
+                "shared_gating": True, **PREFIX_NEUTRAL, **{key: getattr(config, key) for key in PREFIX_FIELDS}}
     if isinstance(config, AdapterHubLoRA):
         out = {"architecture": "lora", "leave_out": leave_out, "init_weights_seed": None,
                **{key: getattr(config, key) for key in LORA_FIELDS}, **LORA_NEUTRAL}
@@ -183,7 +205,14 @@ def config_to_adapterhub(config, stacks: dict) -> dict:
         return out
     inits = {peftlab: ah for ah, peftlab in INITS.items()}
     out = {ah: getattr(config, field) for ah, field in BN_FIELDS.items()}
-    out.update(BN_WRITTEN, init_weights=inits[config.init], leave_out=leave_out)
+    out.update({k: v for k, v in BN_WRITTEN.items() if k not in out}, leave_out=leave_out,
+               init_weights=inits.get(config.init, "bert"))    # a PHM adapter's "near_identity": no init
+    if float(config.reduction_factor).is_integer():    # AdapterHub sizes shared PHM blocks with `//` on it
+        out["reduction_factor"] = int(config.reduction_factor)
+    if isinstance(config, PHMAdapter):
+        out.update({key: getattr(config, key) for key in PHM_KEYS}, phm_layer=True)
+        if config.phm_init_range is None:     # peftlab's default is AdapterHub's: a shared rule's std 1e-4
+            out["phm_init_range"] = BN_WRITTEN["phm_init_range"]
     return out
 
 
@@ -212,14 +241,23 @@ def bottleneck_leaves(net) -> list[tuple[str, object, bool]]:
             tensor = getattr(net.ln_before, leaf)
             out += [(f"adapter_down.0.{leaf}", tensor, False), (f"adapter_norm_before.{leaf}", tensor, True)]
     down = "adapter_down.1" if net.ln_before is not None else "adapter_down.0"
-    out += [(f"{down}.weight", net.down.weight, False), (f"{down}.bias", net.down.bias, False),
-            ("adapter_up.weight", net.up.weight, False), ("adapter_up.bias", net.up.bias, False)]
+    out += projection_leaves(down, net.down) + projection_leaves("adapter_up", net.up)
     if net.ln_after is not None:
         out += [("adapter_norm_after.weight", net.ln_after.weight, False),
                 ("adapter_norm_after.bias", net.ln_after.bias, False)]
     if net.scale is not None:
         out.append(("scaling", net.scale, False))
     return out
+
+
+def projection_leaves(prefix: str, layer) -> list[tuple[str, object, bool]]:
+    """A projection's tensors: a Linear's weight and bias; a PHM layer's own rule and blocks (the same names
+    in AdapterHub's PHMLayer, methods/modeling.py:601-670) and its bias `b`; shared ones live elsewhere."""
+    if not isinstance(layer, PHMLinear):
+        return [(f"{prefix}.weight", layer.weight, False), (f"{prefix}.bias", layer.bias, False)]
+    out = [(f"{prefix}.{key}", tensor, False) for owned in ("rule", "blocks") if owned in layer._modules
+           for key, tensor in layer._modules[owned].named_parameters()]
+    return out + ([(f"{prefix}.b", layer.bias, False)] if layer.bias is not None else [])
 
 
 def stack_patterns(layout, stacks: dict) -> list[tuple[re.Pattern, str]]:
@@ -229,12 +267,15 @@ def stack_patterns(layout, stacks: dict) -> list[tuple[re.Pattern, str]]:
             for name, (path, _) in stacks.items()]
 
 
-def normalize(key: str, patterns, prompt_owner: str | None) -> str:
+def normalize(key: str, patterns, prompt_owner: str | None, owner_of: dict | None = None) -> str:
     """A saved AdapterHub tensor name, spelled with this model's module paths."""
     for pattern, path in patterns:
         match = pattern.search(key)
         if match:
             return f"{path}.{match.group(1)}.{match.group(2)}"
+    owned = normalize_owned(key, owner_of) if owner_of else None
+    if owned is not None:
+        return owned
     match = re.search(rf"(?:^|\.){re.escape(PROMPT_HOME)}\.(.+)$", key)
     if match and prompt_owner is not None:
         return f"{prompt_owner}.{PROMPT_HOME}.{match.group(1)}" if prompt_owner else f"{PROMPT_HOME}.{match.group(1)}"

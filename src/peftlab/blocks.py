@@ -7,6 +7,7 @@ default derived from the members); that adapter is created by an explicit `pl.at
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 from .config import closest
@@ -58,9 +59,22 @@ class Stack(Block):
 
     At one module, parts that change the module's input run first (in order), then the module, then
     additive parts (LoRA, biases: they modify the module itself, so they commute), then output parts in
-    order. A Stack of names therefore equals `activate(model, "a", "b")`."""
+    order. A Stack of names therefore equals `activate(model, "a", "b")`.
+
+    `compat="adapterhub"`: AdapterHub's stack, which feeds each LoRA's update into the next LoRA at the same
+    module and adds only the last one's result: h + s_b B_b A_b (s_a B_a A_a x) (methods/lora.py:162-174,
+    adapter_layer_base.py:384-399); everything else composes as above."""
 
     kind = "stack"
+
+    def __init__(self, *members, compat: str | None = None):
+        super().__init__(*members)
+        if compat not in (None, "adapterhub"):
+            raise PeftlabError(f"Stack.compat: {compat!r} is not None or 'adapterhub'")
+        self.compat = compat
+
+    def options(self):
+        return {"compat": self.compat} if self.compat else {}
 
 
 class BatchSplit(Block):
@@ -114,16 +128,26 @@ class Fuse(Mixing):
 
     kind = "fuse"
     prefix = "fuse"
+    # the fusion config's other fields (compat="adapterhub": AdapterHub's AdapterFusionConfig, see
+    # methods/fusion.py); validated when the block is made, kept where they differ from the defaults
+    OPTIONS = ("compat", "query", "key", "value", "query_before_ln", "residual_before", "value_before_softmax",
+               "value_initialized", "regularization", "dropout")
 
-    def __init__(self, *members, name: str | None = None, temperature: float = 1.0):
+    def __init__(self, *members, name: str | None = None, temperature: float = 1.0, **options):
         super().__init__(*members, name=name)
-        self.temperature = float(temperature)
+        unknown = [k for k in options if k not in self.OPTIONS]
+        if unknown:
+            raise PeftlabError(f"Fuse: unknown option '{unknown[0]}'{closest(unknown[0], self.OPTIONS)}")
+        self.temperature, self._options = float(temperature), dict(options)
+        config = config_from_dict(self.mixer_config())
+        plain = config_from_dict({"method": "fusion", "adapters": list(self.members)})
+        self._options = {k: getattr(config, k) for k in self.OPTIONS if getattr(config, k) != getattr(plain, k)}
 
     def options(self):
-        return {"name": self.name, "temperature": self.temperature}
+        return {"name": self.name, "temperature": self.temperature, **self._options}
 
     def mixer_config(self) -> dict:
-        return {"method": "fusion", "adapters": list(self.members), "temperature": self.temperature}
+        return {"method": "fusion", "adapters": list(self.members), "temperature": self.temperature, **self._options}
 
 
 class WeightedSum(Mixing):
@@ -159,14 +183,22 @@ class Average(Block):
 
     kind = "average"
 
-    def __init__(self, *members, weights=None, name: str | None = None):
+    def __init__(self, *members, weights=None, name: str | None = None, normalize_weights: bool = False):
         super().__init__(*members)
         if not all(isinstance(m, str) for m in self.members):
             raise PeftlabError("Average takes adapter names only")
         n = len(self.members)
-        weights = tuple(float(w) for w in (weights if weights is not None else [1.0 / n] * n))
+        weights = tuple(weights if weights is not None else [1.0 / n] * n)
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+            raise PeftlabError(f"Average weights {list(weights)} must be finite numbers, one per adapter")
+        weights = tuple(float(w) for w in weights)
         if len(weights) != n:
             raise PeftlabError(f"Average weights {list(weights)} must have {n} entries, one per adapter")
+        if normalize_weights:   # AdapterHub's average_adapter default (model_mixin.py:1770-1775): weights / their sum
+            total = sum(weights)
+            if total == 0:
+                raise PeftlabError(f"Average weights {list(weights)} sum to 0 and cannot be normalized")
+            weights = tuple(w / total for w in weights)
         self.weights = weights
         self.name = name or "_".join(("avg", *self.members))
 
@@ -174,11 +206,62 @@ class Average(Block):
         return {"weights": list(self.weights), "name": self.name}
 
 
+class Split(Block):
+    """Split the sequence: consecutive positions go to the members, `Split("a", "b", splits=[3, 5])` runs a on
+    positions 0-2 and b on 3-7 at every module (AdapterHub's Split). `splits` may be one int for all."""
+
+    kind = "split"
+
+    def __init__(self, *members, splits):
+        super().__init__(*members)
+        sizes = [splits] * len(self.members) if isinstance(splits, int) and not isinstance(splits, bool) else splits
+        sizes = tuple(sizes) if isinstance(sizes, (list, tuple)) else ()
+        if len(sizes) != len(self.members) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                      for s in sizes):
+            raise PeftlabError(f"Split splits {splits!r} must be {len(self.members)} positive ints, one per member "
+                               f"(or one int for all)")
+        self.splits = sizes
+
+    def options(self):
+        return {"splits": list(self.splits)}
+
+
+class AverageOutputs(Block):
+    """At every module, the members' outputs mixed with fixed weights: h + Σ w_i (y_i - h) — with weights
+    summing to 1 (the default), the weighted mean of the outputs. AdapterHub's `Average` block; its own
+    computation, which also divides by the number of members, is `compat="adapterhub"` (docs/fidelity.md).
+    Nothing is created: the block is activated directly. (`Average` instead makes a new adapter whose
+    *weights* are averaged.)"""
+
+    kind = "average_outputs"
+
+    def __init__(self, *members, weights=None, normalize_weights: bool = True, compat: str | None = None):
+        super().__init__(*members)
+        n = len(self.members)
+        weights = tuple(weights if weights is not None else [1.0 / n] * n)
+        if len(weights) != n or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                                        for w in weights):
+            raise PeftlabError(f"AverageOutputs weights {list(weights)} must be {n} finite numbers, one per member")
+        if compat not in (None, "adapterhub"):
+            raise PeftlabError(f"AverageOutputs.compat: {compat!r} is not None or 'adapterhub'")
+        total = sum(weights)
+        if normalize_weights and total == 0:
+            raise PeftlabError(f"AverageOutputs weights {list(weights)} sum to 0 and cannot be normalized; "
+                               f"pass normalize_weights=False")
+        self.weights = tuple(float(w) / total if normalize_weights else float(w) for w in weights)
+        self.compat = compat
+
+    def options(self):
+        return {"weights": list(self.weights), "normalize_weights": False, "compat": self.compat}
+
+
 # --- nesting rules -----------------------------------------------------------------------------------
 
-Stack.allowed_inside = (Fuse, WeightedSum, BatchSplit)
-BatchSplit.allowed_inside = (Stack, Fuse, WeightedSum)
-ParallelBlock.allowed_inside = (Stack, Fuse, WeightedSum)
+Stack.allowed_inside = (Fuse, WeightedSum, BatchSplit, Split, AverageOutputs)
+BatchSplit.allowed_inside = (Stack, Fuse, WeightedSum, Split, AverageOutputs)
+ParallelBlock.allowed_inside = (Stack, Fuse, WeightedSum, Split, AverageOutputs)
+Split.allowed_inside = (Stack,)
+AverageOutputs.allowed_inside = (Stack,)
 Fuse.allowed_inside = ()
 WeightedSum.allowed_inside = ()
 Average.allowed_inside = ()

@@ -20,7 +20,8 @@ def expand_mixer(block, controller: Controller):
         return block
     config = attachment.config
     if config.method == "fusion":
-        return Fuse(*config.adapters, name=attachment.name, temperature=config.temperature)
+        options = {k: getattr(config, k) for k in Fuse.OPTIONS}
+        return Fuse(*config.adapters, name=attachment.name, temperature=config.temperature, **options)
     options = {k: v for k, v in config.to_dict().items() if k in WeightedSum.OPTIONS}
     return WeightedSum(*config.adapters, name=attachment.name, **options)
 

@@ -1,6 +1,7 @@
 """`pl.load`: attach a saved adapter from a directory in any format peftlab reads — its own
 (`peftlab_config.json`), HF PEFT's or AdapterHub's (both `adapter_config.json`, told apart by content:
-PEFT's names a `peft_type`, AdapterHub's holds a `config` with `model_class` / `version`)."""
+PEFT's names a `peft_type`, AdapterHub's holds a `config` with `model_class` / `version`), or an AdapterHub
+AdapterFusion (`adapter_fusion_config.json`, over adapters already attached)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from torch import nn
 from .errors import PeftlabError
 from .adapterhub import import_adapterhub
 from .adapterhub_format import is_adapterhub
+from .adapterhub_fusion import import_adapterhub_fusion, is_fusion_directory
 from .files import CONFIG_FILE, read_json
 from .io import load as load_peftlab
 from .peft_interop import import_peft
@@ -22,6 +24,8 @@ def load(model: nn.Module, directory, name: str | None = None, *, trainable: boo
     directory = Path(directory)
     if (directory / CONFIG_FILE).is_file():
         return load_peftlab(model, directory, name, trainable=trainable, activate=activate, strict=strict)
+    if is_fusion_directory(directory):   # AdapterHub's AdapterFusion (adapter_fusion_config.json)
+        return import_adapterhub_fusion(model, directory, name, trainable=trainable, activate=activate, strict=strict)
     if (directory / "adapter_config.json").is_file():
         if is_adapterhub(read_json(directory / "adapter_config.json")):
             return import_adapterhub(model, directory, name, trainable=trainable, activate=activate, strict=strict)

@@ -8,4 +8,4 @@ from . import attempt, spot  # noqa: F401
 from . import combos  # noqa: F401
 from . import invertible  # noqa: F401
 from . import fusion, weighted_sum  # noqa: F401
-from . import lora_adapterhub, prompt_adapterhub  # noqa: F401
+from . import lora_adapterhub, prefix_adapterhub, prompt_adapterhub  # noqa: F401

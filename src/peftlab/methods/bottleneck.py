@@ -26,6 +26,7 @@ from ..registry import register_method
 from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, feature_dims
 from .bottleneck_adapterhub import build_adapterhub_bottleneck
+from .invertible_adapterhub import build_adapterhub_invertible
 
 NonLinearity = Literal["relu", "gelu", "gelu_new", "swish", "silu", "tanh"]
 NORMAL_INIT_STD = {"near_identity": 0.01, "bert": 0.02}
@@ -60,6 +61,9 @@ class Bottleneck(LayeredConfig):
     original_ln_before: bool = False
     adapter_residual_before_ln: bool = False
     dropout: float = 0.0
+    # AdapterHub's invertible adapter on the embeddings' output, named after the adapter (compat only)
+    inv_adapter: str | None = None              # "nice" or "glow"
+    inv_adapter_reduction_factor: float | None = None
     compat_choices = ("adapterhub",)
 
     def validate(self):
@@ -82,7 +86,7 @@ class Bottleneck(LayeredConfig):
             self._validate_adapterhub()
             return
         for key, neutral in (("original_ln_before", False), ("adapter_residual_before_ln", False),
-                             ("dropout", 0.0), ("residual_before_ln", "post_add")):
+                             ("dropout", 0.0), ("residual_before_ln", "post_add"), ("inv_adapter", None)):
             value = getattr(self, key)
             check(value == neutral if key != "residual_before_ln" else value != neutral,
                   f"{type(self).__name__}.{key}={value!r} is AdapterHub's option: set compat='adapterhub'")
@@ -98,6 +102,11 @@ class Bottleneck(LayeredConfig):
               f"(AdapterHub leaves the residual unset otherwise)")
         check(not (self.parallel and self.original_ln_before),
               f"{name}.original_ln_before has no effect on a parallel adapter in AdapterHub; leave it False")
+        check(self.inv_adapter in (None, "nice", "glow"),
+              f"{name}.inv_adapter must be 'nice', 'glow' or None, got {self.inv_adapter!r}")
+        check(self.inv_adapter is None or (self.inv_adapter_reduction_factor or 0) > 0,
+              f"{name}.inv_adapter={self.inv_adapter!r} needs a positive inv_adapter_reduction_factor, got "
+              f"{self.inv_adapter_reduction_factor}")
 
     @property
     def identity_at_init(self) -> bool:
@@ -127,7 +136,7 @@ class Parallel(Bottleneck):
     init: Literal["near_identity", "bert", "zero_up"] = "zero_up"
 
 
-class _AdapterHubPreset:
+class AdapterHubPreset:
     """AdapterHub's presets (adapters 1.3 configuration/adapter_config.py): its defaults, its conventions."""
 
     def validate(self):
@@ -137,7 +146,7 @@ class _AdapterHubPreset:
 
 
 @dataclass
-class SeqBn(_AdapterHubPreset, Bottleneck):
+class SeqBn(AdapterHubPreset, Bottleneck):
     """AdapterHub's `SeqBnConfig` (Pfeiffer et al.): after the FFN, its input the sublayer's output plus the
     residual (through the model's LayerNorm on post-norm models), N(0, 0.02²) init."""
 
@@ -147,7 +156,7 @@ class SeqBn(_AdapterHubPreset, Bottleneck):
 
 
 @dataclass
-class DoubleSeqBn(_AdapterHubPreset, Bottleneck):
+class DoubleSeqBn(AdapterHubPreset, Bottleneck):
     """AdapterHub's `DoubleSeqBnConfig` (Houlsby et al.): after attention and after the FFN, swish."""
 
     mh_adapter: bool = True
@@ -157,7 +166,24 @@ class DoubleSeqBn(_AdapterHubPreset, Bottleneck):
 
 
 @dataclass
-class ParBn(_AdapterHubPreset, Bottleneck):
+class SeqBnInv(SeqBn):
+    """AdapterHub's `SeqBnConfig` with an invertible NICE adapter on the embeddings (MAD-X's language
+    adapter, `SeqBnInvConfig`): invertible_adapterhub.py."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2.0
+
+
+@dataclass
+class DoubleSeqBnInv(DoubleSeqBn):
+    """AdapterHub's `DoubleSeqBnConfig` with an invertible NICE adapter (`DoubleSeqBnInvConfig`)."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2.0
+
+
+@dataclass
+class ParBn(AdapterHubPreset, Bottleneck):
     """AdapterHub's `ParBnConfig` (He et al.): beside the FFN, fed the residual stream, reduction factor 2,
     scaled by 4, zero up-projection ("mam_adapter" init)."""
 
@@ -199,7 +225,10 @@ class BottleneckNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        tensor = next(self.parameters(), None)
+        if tensor is None:       # PHM projections whose tensors all live in the adapter's home module
+            tensor = self.up.blocks.tensors()[0]
+        return tensor.dtype
 
     def normed(self, h):
         return self.ln_before(h) if self.ln_before is not None else h
@@ -296,18 +325,21 @@ def build_bottleneck(target, *, reduction_factor, bottleneck_size, non_linearity
                      parallel, residual_before_ln, adapter_layernorm_before, adapter_layernorm_after, scaling,
                      init, init_std, drop_max_layers, drop_inference_layers, layers, encoder_layers,
                      decoder_layers, leave_out, linear=None, compat=None, original_ln_before=False,
-                     adapter_residual_before_ln=False, dropout=0.0):
+                     adapter_residual_before_ln=False, dropout=0.0, inv_adapter=None,
+                     inv_adapter_reduction_factor=None):
     selection = LayerSelection(layers, encoder_layers, decoder_layers, leave_out)
     if compat == "adapterhub":
-        check(linear is None, "compat='adapterhub' builds AdapterHub's linear bottleneck only (no PHM or "
-                              "low-rank projections)")
+        check(linear is None or getattr(linear, "adapterhub", False),
+              "compat='adapterhub' builds AdapterHub's linear or PHM bottleneck only (no low-rank projections)")
+        if inv_adapter is not None:
+            build_adapterhub_invertible(target, inv_adapter, inv_adapter_reduction_factor, non_linearity)
         return build_adapterhub_bottleneck(
             target, selection, bottleneck_size=bottleneck_size, reduction_factor=reduction_factor,
             non_linearity=non_linearity, mh_adapter=mh_adapter, output_adapter=output_adapter, parallel=parallel,
             residual_before_ln=residual_before_ln, original_ln_before=original_ln_before,
             ln_before=adapter_layernorm_before, ln_after=adapter_layernorm_after,
             adapter_residual_before_ln=adapter_residual_before_ln, scaling=scaling, init=init, init_std=init_std,
-            dropout=dropout)
+            dropout=dropout, linear=linear)
     schedule = DropSchedule(drop_max_layers, drop_inference_layers)
     if drop_max_layers:
         target.add_hook(target.model.register_forward_pre_hook, schedule.sample)
@@ -341,3 +373,5 @@ register_method("parallel", Parallel, build_bottleneck, aliases=("parallel_adapt
 register_method("seq_bn", SeqBn, build_bottleneck, aliases=("seqbn",))
 register_method("double_seq_bn", DoubleSeqBn, build_bottleneck, aliases=("doubleseqbn",))
 register_method("par_bn", ParBn, build_bottleneck, aliases=("parbn",))
+register_method("seq_bn_inv", SeqBnInv, build_bottleneck, aliases=("seqbninv",))
+register_method("double_seq_bn_inv", DoubleSeqBnInv, build_bottleneck, aliases=("doubleseqbninv",))

@@ -35,16 +35,22 @@ class AdapterHubNet(nn.Module):
     """down -> f -> up, times the scaling, dropout; optional input and output LayerNorms of the adapter."""
 
     def __init__(self, d: int, k: int, non_linearity: str, ln_before: bool, ln_after: bool, scaling, init: str,
-                 init_std: float | None, dropout: float, adapter_residual_before_ln: bool):
+                 init_std: float | None, dropout: float, adapter_residual_before_ln: bool, linear=None):
         super().__init__()
         self.ln_before = nn.LayerNorm(d) if ln_before else None
-        self.down, self.act, self.up = nn.Linear(d, k), ACT2FN[non_linearity], nn.Linear(k, d)
+        if linear is not None:   # PHM projections (Compacter), which initialize themselves
+            self.down, self.up = linear(d, k, "down"), linear(k, d, "up")
+        else:
+            self.down, self.up = nn.Linear(d, k), nn.Linear(k, d)
+        self.act = ACT2FN[non_linearity]
         self.ln_after = nn.LayerNorm(d) if ln_after else None
         self.scale = nn.Parameter(torch.ones(1)) if scaling == "learned" else None
         self.fixed_scale = 1.0 if scaling == "learned" else float(scaling)
         self.dropout = nn.Dropout(dropout)
         self.adapter_residual_before_ln = adapter_residual_before_ln
-        if init == "zero_up":    # AdapterHub's "mam_adapter" (modeling.py:128-135)
+        if linear is not None:   # AdapterHub's "bert" init reaches nn.Linear layers only (modeling.py:122-125)
+            pass
+        elif init == "zero_up":    # AdapterHub's "mam_adapter" (modeling.py:128-135)
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.weight)
@@ -57,7 +63,10 @@ class AdapterHubNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.down.weight.dtype
+        tensor = next(self.parameters(), None)
+        if tensor is None:       # PHM projections whose tensors all live in the adapter's home module
+            tensor = self.up.blocks.tensors()[0]
+        return tensor.dtype
 
     def branch(self, z: torch.Tensor) -> torch.Tensor:
         """dropout(s · up(f(down(ln_before(z))))): the scale comes before any output LayerNorm here."""
@@ -137,7 +146,7 @@ def _add_norms(target, location: str, selection) -> dict:
 def build_adapterhub_bottleneck(target, selection: LayerSelection, *, bottleneck_size, reduction_factor,
                                 non_linearity, mh_adapter, output_adapter, parallel, residual_before_ln,
                                 original_ln_before, ln_before, ln_after, adapter_residual_before_ln, scaling,
-                                init, init_std, dropout):
+                                init, init_std, dropout, linear=None):
     """Place AdapterHub's adapter at each selected layer's attention ("mh_adapter") and FFN ("output_adapter")."""
     for on, location in ((mh_adapter, "attn"), (output_adapter, "ffn")):
         if not on:
@@ -153,7 +162,7 @@ def build_adapterhub_bottleneck(target, selection: LayerSelection, *, bottleneck
             # AdapterHub: int(hidden // reduction_factor), raised to 1 when smaller (modeling.py:68-75)
             k = bottleneck_size or max(1, int(d // reduction_factor))
             net = AdapterHubNet(d, k, non_linearity, ln_before, ln_after, scaling, init, init_std, dropout,
-                                adapter_residual_before_ln)
+                                adapter_residual_before_ln, linear)
             inputs = Handoff(f"AdapterHub adapter at {site.path}: the residual stream was not seen first")
             if reads_stream:
                 target.place(taps[(site.stack, site.layer)], HandoffTap(inputs))
