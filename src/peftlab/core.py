@@ -24,6 +24,7 @@ from .state import CONTROLLER, HOME, Attachment, Controller, controller_of, home
 from .target import AttachTarget
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_MODULE_ATTRIBUTES = frozenset(dir(nn.Module()))   # methods and instance attributes (training, ...)
 
 
 def attach(model: nn.Module, config, name: str | None = None, *, activate: bool = True,
@@ -42,6 +43,8 @@ def attach(model: nn.Module, config, name: str | None = None, *, activate: bool 
     spec = spec_for(config)
     if not isinstance(name, str) or not _NAME.match(name):
         raise PeftlabError(f"adapter name {name!r} must be letters, digits, '_' or '-' (not starting with a digit)")
+    if name in _MODULE_ATTRIBUTES:   # adapters live in nn.ModuleDicts, which refuse a Module attribute's name
+        raise PeftlabError(f"adapter name {name!r} is the name of a torch Module method or attribute; pick another")
     controller = controller_of(model)
     if controller is not None and name in controller.adapters:
         raise PeftlabError(f"an adapter named '{name}' is already attached; detach it first or pick another name")
