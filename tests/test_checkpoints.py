@@ -193,3 +193,51 @@ def test_a_saved_adapter_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert all((p.stat().st_mode & 0o777) == 0o644 for p in folder.iterdir())
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path, 4)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "last").iterdir()} == {
+        "trainable.safetensors": 0o644, "optimizer.pt": 0o644, "trainer_state.json": 0o644}
+
+
+def _save_with_file_size_limit(root, limit: int) -> str:
+    """`_save` in a forked child whose writes past `limit` bytes fail (EFBIG), as on a full disk."""
+    import os
+    import resource
+    import signal
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            _save(root, 8)
+            message = "saved"
+        except BaseException as err:     # noqa: BLE001 - the test looks at what came out
+            message = f"{type(err).__name__}: {err}"
+        os.write(write_end, message.encode()[:4000])
+        os._exit(0)
+    os.close(write_end)
+    message = os.read(read_end, 8000).decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+def test_a_full_disk_while_writing_the_optimizer_state_is_one_line_and_keeps_the_previous(tmp_path):
+    root = tmp_path / "checkpoints"
+    previous = _save(root, 4)
+    weights = (root / "last" / "trainable.safetensors").stat().st_size
+    # room for the weights, not for optimizer.pt: torch.save reports that failure as a RuntimeError
+    message = _save_with_file_size_limit(root, weights + 64)
+    assert message.startswith("PeftlabError: ") and "cannot write the checkpoint" in message, message
+    assert "optimizer.pt" in message and "\n" not in message
+    target = torch.nn.Linear(3, 2)
+    assert ckpt.load_weights(target, root / "last") == {"step": 4}
+    assert all(torch.equal(dict(target.named_parameters())[k], v) for k, v in previous.named_parameters())

@@ -153,3 +153,62 @@ def test_bad_runner_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and re.search(message, err[-1]), err
     assert not (tmp_path / "out").exists()
+
+
+# a "billion laughs" under the alias limit: 72 aliases, 9 levels of 9, 387 million strings expanded
+LAUGHS = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ['"lol"'] * 9) + "]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("laughs.yaml", "tasks: [sst2]\n" + LAUGHS, r"laughs\.yaml: line \d+: the YAML expands to more than 100,000"),
+    ("big.json", '{"tasks": ["sst2"], "train": {"seed": ' + "9" * 5000 + "}}", r"big\.json: not readable \(ValueError"),
+    ("big.yaml", "tasks: [sst2]\ntrain: {seed: " + "9" * 5000 + "}\n", r"big\.yaml: not a readable value \(ValueError"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: not readable \(RecursionError"),
+    ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n", r"deep\.yaml: not a readable value \(RecursionError"),
+])
+def test_hostile_config_files_exit_2_in_one_line_at_once(tmp_path, capsys, name, text, message):
+    import time
+    path = tmp_path / name
+    path.write_text(text)
+    started = time.perf_counter()
+    assert main(["train", str(path)]) == 2
+    assert re.search(message, _one_line_error(capsys))
+    assert time.perf_counter() - started < 10        # the laughs used to expand until memory ran out
+
+
+def _no_hang(seconds: int):
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("hung")
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+
+
+@pytest.mark.parametrize("which", ["config", "data"])
+def test_a_fifo_in_place_of_the_config_or_a_data_file_is_refused_without_waiting(tmp_path, capsys, which):
+    import os
+    import signal
+    config = tiny_run_config(tmp_path)
+    path = tmp_path / "run.yaml"
+    if which == "config":
+        os.mkfifo(path)
+    else:
+        train = Path(config["data"]["dir"]) / "glue" / "SST-2" / "train.tsv"
+        train.unlink()
+        os.mkfifo(train)
+        path.write_text(json.dumps(config))
+    _no_hang(20)
+    try:
+        assert main(["train", str(path)]) == 2
+    finally:
+        signal.alarm(0)
+    expected = "run.yaml" if which == "config" else "SST-2/train.tsv"
+    assert f"{expected}: not a regular file" in _one_line_error(capsys)
+
+
+def test_adam_betas_of_the_wrong_length_exit_2_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(tiny_run_config(tmp_path)))
+    assert main(["train", str(path), "train.adam_betas=[0.9]"]) == 2
+    assert "train.adam_betas: expected 2 values, got [0.9]" in _one_line_error(capsys)

@@ -284,6 +284,7 @@ def test_tampered_adapters_are_refused_naming_the_file(tmp_path, tamper, message
     (lambda: pl.LoRA(alpha=0), "LoRA.alpha 0 scales the update to nothing"),
     (lambda: pl.PHMAdapter(phm_init_range=1e12), r"phm_init_range must be in \(0, 1\]"),
     (lambda: pl.Houlsby(drop_max_layers=5000), "must be in 0..1000"),
+    (lambda: pl.SPoT(sources=("a",), seed=-1), r"SPoT.seed must be >= 0, got -1"),
 ])
 def test_nonsense_method_values_are_refused_in_one_line(config, message):
     with pytest.raises(PeftlabError, match=message):
@@ -295,4 +296,58 @@ def test_adapterdrop_deeper_than_the_model_is_refused_and_the_model_unchanged():
     before = _snapshot(model)
     with pytest.raises(PeftlabError, match="AdapterDrop drops 100 layers but the model has 2"):
         pl.attach(model, pl.Houlsby(reduction_factor=4, drop_max_layers=100))
+    _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("config", [None, "lora", {"method": "lora"}, 5, pl.LoRA],
+                         ids=["none", "str", "dict", "int", "class"])
+def test_attaching_something_that_is_no_config_is_one_line_and_changes_nothing(config):
+    model = tiny_model("t5")
+    before = _snapshot(model)
+    with pytest.raises(PeftlabError, match="expected a method config such as pl.LoRA") as err:
+        pl.attach(model, config)
+    assert "\n" not in str(err.value)
+    _assert_unchanged(model, before)
+
+
+def test_saving_into_a_path_that_is_a_file_is_one_line_and_keeps_the_file(tmp_path):
+    model = pl.attach(tiny_model("t5"), pl.LoRA())
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's file")
+    with pytest.raises(PeftlabError, match="notes.txt: exists and is not a folder"):
+        pl.save(model, mine)
+    assert mine.read_text() == "the user's file"
+
+
+def test_a_save_over_an_adapter_that_fails_midway_keeps_the_previous_adapter_whole(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+    first = _saved(tmp_path, "a")
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    second = pl.attach(tiny_model("llama"), pl.LoRA(), name="a")
+    write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):     # the weights fit; the config after them does not
+        if "peftlab_config.json" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(PeftlabError, match=r"peftlab_config.json: cannot write it \(No space left on device\)"):
+        pl.save(second, first)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before       # no temporary left either
+    pl.load(tiny_model("llama"), first)
+
+
+@pytest.mark.parametrize("weights", [[float("nan"), 1.0], [float("inf"), 0.0], ["x", 1.0], [True, 1.0]])
+def test_average_weights_must_be_finite_numbers(weights):
+    with pytest.raises(PeftlabError, match=r"Average weights .* must be finite numbers"):
+        pl.Average("a", "b", weights=weights)
+
+
+def test_a_misspelt_ia3_feedforward_slot_is_refused_and_the_model_unchanged():
+    model = tiny_model("gpt2")
+    before = _snapshot(model)
+    with pytest.raises(PeftlabError, match=r"slot 'ffn.outt' does not exist in the gpt2 layout"):
+        pl.attach(model, pl.IA3(feedforward_slots=("ffn.outt",)))
     _assert_unchanged(model, before)

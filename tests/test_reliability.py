@@ -162,3 +162,50 @@ def test_a_forged_trainer_state_or_checkpoint_is_refused(tmp_path):
     save_file(tensors, last / "trainable.safetensors")
     with pytest.raises(pl.PeftlabError, match="the checkpoint's weights changed since it was saved"):
         _resume(config, max_steps=3)
+
+
+def _hung(*_):
+    raise TimeoutError("hung on the FIFO")
+
+
+def test_a_fifo_or_a_link_out_of_the_run_in_place_of_the_log_is_refused_on_resume(tmp_path):
+    import os
+    import signal
+    config = _first_run(tmp_path)
+    log = Path(config["output_dir"]) / "log.jsonl"
+    others = tmp_path / "other-log.jsonl"
+    others.write_text(log.read_text())
+    log.unlink()
+    log.symlink_to(others)                  # appending would write into another run's log
+    with pytest.raises(pl.PeftlabError, match=r"log.jsonl: a symbolic link out of"):
+        _resume(config, max_steps=3)
+    assert others.read_text() == log.read_text()
+    log.unlink()
+    os.mkfifo(log)                          # reading it would wait for a writer forever
+    signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(pl.PeftlabError, match=r"log.jsonl: not a regular file"):
+            _resume(config, max_steps=3)
+    finally:
+        signal.alarm(0)
+
+
+def test_a_resume_refused_on_a_damaged_checkpoint_leaves_the_saved_config_as_it_was(tmp_path):
+    config = _first_run(tmp_path)
+    run = Path(config["output_dir"])
+    saved = (run / "config.json").read_bytes()
+    weights = run / "checkpoints" / "last" / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(pl.PeftlabError, match="the checkpoint's weights changed since it was saved"):
+        _resume(config, max_steps=3)               # max_steps may change on resume: it would be recorded
+    assert (run / "config.json").read_bytes() == saved
+
+
+def test_a_checkpoint_left_at_last_old_by_a_kill_between_the_renames_resumes(tmp_path):
+    config = _first_run(tmp_path)
+    last = Path(config["output_dir"]) / "checkpoints" / "last"
+    last.rename(last.with_name("last.old"))
+    assert _resume(config, max_steps=3)["train"]["steps"] == 3

@@ -107,3 +107,14 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(finished, 
     finally:
         holder.release()
     assert main(["train", str(path), "overwrite=true"]) == 0     # released: the folder is free again
+
+
+def test_a_second_fresh_run_into_a_held_folder_names_the_holder_not_the_run_it_finds(finished, capsys):
+    path, run = finished
+    holder = RunFolder(run)
+    holder.take(resume=True, overwrite=False)
+    try:
+        assert main(["train", str(path)]) == 2          # not overwrite: the folder also holds a run
+        assert f"another run is using this folder (pid {os.getpid()})" in _error(capsys)
+    finally:
+        holder.release()

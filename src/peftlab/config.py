@@ -51,6 +51,10 @@ def coerce(value: Any, tp, where: str):
             value = (value,)      # one name where a list of names goes (HF PEFT's target_modules="q_proj")
         if not isinstance(value, (list, tuple)):
             raise PeftlabError(f"{where}: expected a list, got {value!r}")
+        if args and Ellipsis not in args:      # a fixed-length tuple (adam_betas): one value per slot
+            if len(value) != len(args):
+                raise PeftlabError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item_type = args[0] if args else Any
         return tuple(coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:

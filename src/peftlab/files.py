@@ -25,17 +25,49 @@ CONFIG_FILE, WEIGHTS_FILE = "peftlab_config.json", "peftlab_weights.safetensors"
 def atomic_write(path: Path, write) -> None:
     """Call `write(temporary_path)`, then rename the result to `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary(path, write)
+    _replace(tmp, path)
+
+
+def atomic_write_pair(first: Path, write_first, second: Path, make_second) -> None:
+    """Two files that belong together (weights and the config naming their digest): both are written in
+    full to temporary names, `make_second(first_temporary)` giving the second's writer, before either
+    replaces its old file; a failed write (a full disk) leaves both old files as they were."""
+    first, second = Path(first), Path(second)
+    tmp_first = _temporary(first, write_first)
     try:
+        tmp_second = _temporary(second, make_second(Path(tmp_first)))
+    except BaseException:
+        os.remove(tmp_first)
+        raise
+    _replace(tmp_first, first)
+    _replace(tmp_second, second)
+
+
+def _temporary(path: Path, write) -> str:
+    """`write(temporary)` beside `path`, readable as any file the user writes; the temporary's name."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())     # as any file the user writes (mkstemp makes it 0600)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as err:       # disk full, read-only folder: the old file stays
-        raise PeftlabError(f"{path}: cannot write it ({write_error(err)}); the previous file is unchanged") from None
-    finally:
-        if os.path.exists(tmp):
+        os.chmod(tmp, 0o666 & ~current_umask())     # mkstemp makes it 0600
+        return tmp
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, SafetensorError)):     # disk full, read-only folder: the old file stays
+            raise PeftlabError(f"{path}: cannot write it ({write_error(err)}); the previous file is "
+                               f"unchanged") from None
+        raise
+
+
+def _replace(tmp: str, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as err:      # `path` is a folder, or the folder went away
+        os.remove(tmp)
+        raise PeftlabError(f"{path}: cannot write it ({write_error(err)}); the previous file is unchanged") from None
 
 
 def current_umask() -> int:

@@ -20,10 +20,10 @@ from .average import average
 from .blocks import Average
 from .core import adapter_state, detach, pick, require
 from .errors import PeftlabError
-from .files import (CONFIG_FILE, WEIGHTS_FILE, atomic_write, check_finite, content_digest, read_json,
-                    read_safetensors, regular_file, sha256_of, verify_digest)
+from .files import (CONFIG_FILE, WEIGHTS_FILE, atomic_write_pair, check_finite, content_digest, read_json,
+                    read_safetensors, regular_file, sha256_of, verify_digest, write_error)
 from .heads import fit_heads
-from .registry import config_from_dict
+from .registry import config_from_dict, spec_for
 from .released import is_model_p, nlprunners_source
 from .runtime import named_base_parameters
 from .state import controller_of
@@ -69,6 +69,7 @@ def attach(model: nn.Module, config, name: str | None = None, *, activate: bool 
     if hasattr(config, "mixer_config"):
         name = name or config.name
         config = config_from_dict(config.mixer_config())
+    spec_for(config)        # a method config, before anything reads it: else one line, model unchanged
     loaded = _load_sources(model, config.member_sources())
     try:
         core.attach(model, config, name, activate=activate, trainable=trainable)
@@ -109,7 +110,12 @@ def save(model: nn.Module, directory, name: str | None = None) -> Path:
     controller = require(model)
     name = pick(controller, name)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise PeftlabError(f"{directory}: exists and is not a folder; save the adapter into a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:     # a parent that is a file, no permission, a full disk
+        raise PeftlabError(f"{directory}: cannot create the folder ({write_error(err)})") from None
     tensors = {k: t.detach().to("cpu").contiguous().clone() for k, t in adapter_state(model, name).items()}
     config = controller.adapters[name].config.to_dict()
     meta = {
@@ -118,9 +124,14 @@ def save(model: nn.Module, directory, name: str | None = None) -> Path:
     }
     # each file vouches for the other: the weights carry the config's digest, the config the weights'
     written = {"format": "pt", CONFIG_DIGEST: content_digest(config)}
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=written))
-    meta["sha256"] = {WEIGHTS_FILE: sha256_of(directory / WEIGHTS_FILE)}
-    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+    def write_config(weights_tmp: Path):
+        meta["sha256"] = {WEIGHTS_FILE: sha256_of(weights_tmp)}
+        return lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
+    # both files are written in full before either replaces its old one: a full disk leaves the
+    # previous adapter whole, never new weights beside an old config
+    atomic_write_pair(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=written),
+                      directory / CONFIG_FILE, write_config)
     return directory
 
 

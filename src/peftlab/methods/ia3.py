@@ -55,7 +55,10 @@ def build_ia3(target, *, slots, feedforward_slots, target_modules, feedforward_m
     if target_modules:
         ff_paths = {s.path for s in target.pattern_sites(feedforward_modules, selection)} if feedforward_modules else set()
     else:
-        ff_paths = {s.path for slot in feedforward_slots if slot in slots for s in target.sites(slot, selection)}
+        # every feedforward slot is resolved, so that a misspelt one is an error naming it, not a no-op;
+        # only those among `slots` are placed (the default ffn.out is ignored when slots leave it out)
+        sites = {slot: target.sites(slot, selection) for slot in feedforward_slots}
+        ff_paths = {s.path for slot in feedforward_slots if slot in slots for s in sites[slot]}
     for site in lora_sites(target, slots, target_modules, selection):
         dims = feature_dims(target.module(site.path))
         check(dims is not None, f"IA3 cannot scale {site.path}: it is not a linear projection")

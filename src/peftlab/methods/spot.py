@@ -23,6 +23,7 @@ class SPoT(MethodConfig):
 
     def validate(self):
         check(len(self.sources) >= 1, "SPoT needs at least one saved prompt directory in sources")
+        check(self.seed >= 0, f"SPoT.seed must be >= 0, got {self.seed}")
 
 
 def load_sources(target, sources) -> torch.Tensor:

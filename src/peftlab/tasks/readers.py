@@ -19,12 +19,16 @@ Row = tuple[int, dict]
 def read_text(path: Path) -> str:
     """The file's text as UTF-8 (a leading byte-order mark is dropped, as in GLUE's MRPC dev file)."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():   # reading a FIFO would wait forever
+        raise PeftlabError(f"{path}: not a regular file (a FIFO or a device): refused")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise PeftlabError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise PeftlabError(f"{path}: is a directory, expected a data file") from None
+    except OSError as err:      # no permission, an I/O error: one line naming the file
+        raise PeftlabError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

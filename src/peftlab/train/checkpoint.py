@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import PeftlabError
-from ..files import check_finite, content_digest, regular_file, sha256_of, verify_digest, write_error
+from ..files import check_finite, content_digest, current_umask, regular_file, sha256_of, verify_digest, write_error
 
 WEIGHTS, STATE, OPTIMIZER = "trainable.safetensors", "trainer_state.json", "optimizer.pt"
 STATE_DIGEST = "peftlab_state_sha256"
@@ -58,9 +58,13 @@ def _write_files(tmp: Path, weights: dict, state: dict, optimizer, scheduler, ex
     # the weights vouch for the counters saved with them (a hand-edited step is refused on load)
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / WEIGHTS),
               metadata={STATE_DIGEST: content_digest(state)})
+    os.chmod(tmp / WEIGHTS, 0o666 & ~current_umask())   # safetensors writes 0600; follow the user's umask
     if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), **({"extra": extra} if extra else {})}, tmp / OPTIMIZER)
+        try:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(), **({"extra": extra} if extra else {})}, tmp / OPTIMIZER)
+        except RuntimeError as err:     # torch's zip writer reports a failed write (a full disk) so
+            raise OSError(f"{OPTIMIZER}: {str(err).strip().splitlines()[-1][:120]}") from None
     # the state file vouches for the files beside it: a flipped bit or a deleted tensor is refused on load
     digests = {name: sha256_of(tmp / name) for name in (WEIGHTS, OPTIMIZER) if (tmp / name).exists()}
     (tmp / STATE).write_text(json.dumps({**state, "sha256": digests}, indent=1))

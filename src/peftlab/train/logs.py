@@ -11,7 +11,7 @@ import torch
 
 from .. import observe
 from ..errors import PeftlabError
-from ..files import write_error
+from ..files import atomic_write, regular_file, write_error
 
 LOG, MIXING = "log.jsonl", "mixing_weights.jsonl"
 
@@ -20,6 +20,10 @@ class RunLog:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.writer = None
+        for file in (LOG, MIXING) if enabled else ():
+            path = self.run_dir / file       # a resumed run appends to its logs: only to its own files
+            if path.exists() or path.is_symlink():
+                regular_file(path, self.run_dir)     # a FIFO would block; a link out would write elsewhere
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter   # optional extra ([tasks])
@@ -48,8 +52,9 @@ class RunLog:
         for file in (LOG, MIXING):
             path = self.run_dir / file
             if path.exists():
-                kept = [json.dumps(r) for r in read_jsonl(path) if r.get("step", 0) <= step]
-                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                text = "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", 0) <= step)
+                # whole or not at all: a full disk keeps the old log, which the next resume truncates
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -22,6 +22,7 @@ import peftlab as pl
 
 from ..core import base_parameter_count
 from ..errors import PeftlabError
+from ..files import atomic_write
 from ..tasks import average, load_splits
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
@@ -97,23 +98,33 @@ class Trainer(Evaluations):
         self.ddp_model = self.accelerator.prepare(self.model)
         self.state = dict(FRESH_STATE)
         self._take_run_dir()
+        self._open_run()
+
+    # --- setup ------------------------------------------------------------------------------------
+    def _open_run(self) -> None:
+        """The log, the restored checkpoint (on resume), the config as run; a failure releases the folder."""
         try:
-            self.log = RunLog(self.run_dir, self.main, config.train.tensorboard)
-            if resume:
+            self.log = RunLog(self.run_dir, self.main, self.config.train.tensorboard)
+            if self.resume:
                 self._restore()
+            self._record_config()
         except BaseException:
             self.folder.release()
             raise
 
-    # --- setup ------------------------------------------------------------------------------------
     def _take_run_dir(self) -> None:
         """Everything is built: only now may the folder change (an overwritten run is replaced by one
         that started). The main process takes and locks it; the others wait."""
         if self.main:
             self.folder.take(self.resume, self.config.overwrite)
-            # on resume only keys safe to change may differ (check_resumable): record them as now run
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         self.accelerator.wait_for_everyone()
+
+    def _record_config(self) -> None:
+        """Keys safe to change on resume (check_resumable) are recorded as now run, once the checkpoint is
+        restored: a resume refused on a damaged checkpoint leaves the saved config as it was."""
+        if self.main:
+            text = json.dumps(self.config.to_dict(), indent=2)
+            atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
 
     def _restore(self) -> None:
         last = self.run_dir / "checkpoints" / "last"

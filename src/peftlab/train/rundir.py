@@ -58,15 +58,17 @@ class RunFolder:
         if self.path.is_dir() and any(self.path.iterdir()) and not self.is_peftlab():
             raise PeftlabError(f"output_dir {self.path}: a non-empty folder that is not a peftlab run "
                                f"(no {MARKER}); peftlab will not write into it — choose another output_dir")
-        if resume and not (self.path / "checkpoints" / "last").is_dir():
+        holder = self.holder()      # first: a live run explains the rest (a folder with a run in it)
+        if holder is not None:
+            raise PeftlabError(f"{self.path}: another run is using this folder (pid {holder}); wait for it "
+                               f"or choose another output_dir")
+        last = self.path / "checkpoints" / "last"
+        # a kill between a checkpoint's two renames leaves it at last.old, which loading recovers first
+        if resume and not (last.is_dir() or last.with_name("last.old").is_dir()):
             raise PeftlabError(f"{self.path}: nothing to resume (no checkpoints/last)")
         if not resume and not overwrite and self.path.is_dir() and self.holds_a_run():
             raise PeftlabError(f"{self.path}: a run is already there; pass --resume, set overwrite=true or "
                                f"choose another output_dir")
-        holder = self.holder()
-        if holder is not None:
-            raise PeftlabError(f"{self.path}: another run is using this folder (pid {holder}); wait for it "
-                               f"or choose another output_dir")
 
     def holder(self) -> int | None:
         """The pid of a live run holding this folder's lock, or None."""

@@ -287,6 +287,10 @@ def read_config_file(path) -> dict:
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         line = getattr(err, "lineno", None) or getattr(getattr(err, "problem_mark", None), "line", -1) + 1
         raise PeftlabError(f"{path}:{line}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}") from None
+    except (ValueError, RecursionError) as err:   # JSON: an integer of thousands of digits, nesting too deep
+        if isinstance(err, PeftlabError):
+            raise
+        raise PeftlabError(f"{path}: not readable ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     if not isinstance(data, dict):
         raise PeftlabError(f"{path}: expected a mapping at the top level")
     return data

@@ -9,6 +9,9 @@ import yaml
 from ..errors import PeftlabError
 
 MAX_ALIASES = 100      # a config has no use for more; a "billion laughs" file needs thousands
+# values once every alias is expanded: a run config has a few hundred; a "billion laughs" of fewer than
+# MAX_ALIASES aliases (9 levels of 9) still expands to 43 million, which later code would copy
+MAX_VALUES = 100_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -25,6 +28,11 @@ class _Loader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise PeftlabError(f"line {mark.line + 1}: more than {MAX_ALIASES} YAML aliases: refused")
         return super().compose_node(parent, index)
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {})
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -48,9 +56,30 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
+def _expanded_size(node, seen: dict) -> int:
+    """How many values `node` stands for with its aliases expanded (each shared node counted once per
+    use, computed once); refused past MAX_VALUES."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = 1          # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    size = 1 + sum(_expanded_size(child, seen) for child in children)
+    if size > MAX_VALUES:
+        raise PeftlabError(f"line {node.start_mark.line + 1}: the YAML expands to more than {MAX_VALUES:,} values "
+                           f"through its aliases: refused")
+    seen[id(node)] = size
+    return size
 
 
 def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
+    """The data of a YAML text; a value Python cannot hold (an integer of thousands of digits) or a
+    nesting too deep to read is one line, like any other malformed file."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except PeftlabError:
+        raise
+    except (ValueError, RecursionError) as err:
+        raise PeftlabError(f"not a readable value ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
