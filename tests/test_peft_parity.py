@@ -234,3 +234,23 @@ def _assert_peft_loads_the_export(ours, arch: str, name: str, tmp_path, seed: in
         base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
     theirs = peft.PeftModel.from_pretrained(base, tmp_path).eval()
     torch.testing.assert_close(_logits(theirs, arch), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_export_keeps_the_previous_export_whole(tmp_path, monkeypatch):
+    """The two files are written in full before either replaces the old ones: a full disk while the
+    config is written leaves the previous weights too, not new weights beside an old config."""
+    import peftlab.peft_interop as interop
+    ours = tiny_model("llama")
+    pl.attach(ours, pl.LoRA(r=4, alpha=8, target_modules=("q_proj", "v_proj"), train_head=False), name="a")
+    pl.export_peft(ours, "a", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(interop.json, "dumps", full_disk)
+    with torch.no_grad():
+        next(p for p in ours.parameters() if p.requires_grad).add_(1.0)
+    with pytest.raises(pl.PeftlabError, match="No space left on device.*previous file is unchanged"):
+        pl.export_peft(ours, "a", tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import adapter_state, attach, detach, pick, require
 from .errors import PeftlabError
-from .files import atomic_write, read_json, read_safetensors, read_torch_tensors
+from .files import atomic_write_pair, read_json, read_safetensors, read_torch_tensors
 from .io import copy_into
 from .layouts import layout_for
 from .methods.ia3 import IA3
@@ -75,9 +75,16 @@ def export_peft(model: nn.Module, name: str | None, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()}
-    atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-    atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    _write_peft_pair(directory, tensors, meta)
     return directory
+
+
+def _write_peft_pair(directory: Path, tensors: dict, meta: dict) -> None:
+    """Both files written in full before either replaces an older export: a full disk leaves the previous
+    export whole, never new weights beside an old config."""
+    atomic_write_pair(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}),
+                      directory / "adapter_config.json",
+                      lambda _: lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
 
 def _patterns(parts, config) -> dict:
@@ -283,8 +290,7 @@ def _export_prompt(model, name, attachment, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"prompt_embeddings": tensor.detach().cpu().contiguous().clone(),
                **{k: v.detach().cpu().contiguous().clone() for k, v in saved.items()}}
-    atomic_write(directory / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-    atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    _write_peft_pair(directory, tensors, meta)
     return directory
 
 
