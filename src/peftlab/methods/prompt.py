@@ -42,6 +42,10 @@ class PromptTuning(MethodConfig):
 
     def validate(self):
         check(self.length >= 1, f"PromptTuning.length must be >= 1, got {self.length}")
+        check(self.vocab_range >= 1, f"PromptTuning.vocab_range must be >= 1, got {self.vocab_range}")
+        check(self.seed >= 0, f"PromptTuning.seed must be >= 0, got {self.seed}")
+        bad = [i for i in self.init_token_ids or () if i < 0]
+        check(not bad, f"PromptTuning.init_token_ids: token id {bad[0] if bad else ''} is negative")
         if self.init == "text":
             check(bool(self.init_token_ids) or (bool(self.init_text) and bool(self.tokenizer)),
                   "PromptTuning init='text' needs init_token_ids, or init_text with a tokenizer path")
