@@ -22,7 +22,6 @@ AdapterHub pins transformers 4.57 and peftlab needs 5.x, so neither library is i
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -313,22 +312,8 @@ def check(exports: Path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["write", "export", "check"])
-    parser.add_argument("folder", nargs="?", default=None, help="exports folder (export, check)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    if args.step == "write":
-        write(Path(args.folder) if args.folder else FIXTURES)
-        return 0
-    if args.folder is None:
-        parser.error(f"{args.step} needs the exports folder")
-    if args.step == "export":
-        export(Path(args.folder))
-        return 0
-    failures = check(Path(args.folder))
-    print(json.dumps({"failures": failures}))
-    return 1 if failures else 0
+    from adapterhub_fixtures import run_steps     # scripts/: the same write / export / check command line
+    return run_steps(argv, __doc__, write, export, check, FIXTURES)
 
 
 if __name__ == "__main__":

@@ -319,20 +319,25 @@ def check(exports: Path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return run_steps(argv, __doc__, write, export, check, FIXTURES)
+
+
+def run_steps(argv, doc: str, write_step, export_step, check_step, fixtures: Path) -> int:
+    """The command line both fixture scripts share: `write [FOLDER]`, `export FOLDER`, `check FOLDER`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("step", choices=["write", "export", "check"])
     parser.add_argument("folder", nargs="?", default=None, help="exports folder (export, check)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.step == "write":
-        write(Path(args.folder) if args.folder else FIXTURES)
+        write_step(Path(args.folder) if args.folder else fixtures)
         return 0
     if args.folder is None:
         parser.error(f"{args.step} needs the exports folder")
     if args.step == "export":
-        export(Path(args.folder))
+        export_step(Path(args.folder))
         return 0
-    failures = check(Path(args.folder))
+    failures = check_step(Path(args.folder))
     print(json.dumps({"failures": failures}))
     return 1 if failures else 0
 

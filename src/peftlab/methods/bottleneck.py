@@ -21,10 +21,11 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..config import LayeredConfig, check
+from ..ops import net_dtype
 from ..ops.residual_bottleneck import residual_bottleneck
 from ..registry import register_method
 from ..runtime import Handoff, HandoffTap, Part
-from ..targeting import LayerSelection, feature_dims
+from ..targeting import LayerSelection
 from .bottleneck_adapterhub import build_adapterhub_bottleneck
 from .invertible_adapterhub import build_adapterhub_invertible
 
@@ -225,10 +226,7 @@ class BottleneckNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        tensor = next(self.parameters(), None)
-        if tensor is None:       # PHM projections whose tensors all live in the adapter's home module
-            tensor = self.up.blocks.tensors()[0]
-        return tensor.dtype
+        return net_dtype(self)
 
     def normed(self, h):
         return self.ln_before(h) if self.ln_before is not None else h

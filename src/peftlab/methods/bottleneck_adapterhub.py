@@ -25,6 +25,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..config import check
+from ..ops import net_dtype
 from ..runtime import Handoff, HandoffTap, Part
 from ..targeting import LayerSelection, Site
 
@@ -63,10 +64,7 @@ class AdapterHubNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        tensor = next(self.parameters(), None)
-        if tensor is None:       # PHM projections whose tensors all live in the adapter's home module
-            tensor = self.up.blocks.tensors()[0]
-        return tensor.dtype
+        return net_dtype(self)
 
     def branch(self, z: torch.Tensor) -> torch.Tensor:
         """dropout(s · up(f(down(ln_before(z))))): the scale comes before any output LayerNorm here."""

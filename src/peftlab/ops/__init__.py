@@ -6,6 +6,6 @@
 """
 from .fastfood import draw_pieces, fastfood
 from .fwht import fwht, hadamard_matrix
-from .phm import kronecker_sum, low_rank_product
+from .phm import kronecker_sum, low_rank_product, net_dtype
 
-__all__ = ["fwht", "hadamard_matrix", "kronecker_sum", "low_rank_product", "fastfood", "draw_pieces"]
+__all__ = ["fwht", "hadamard_matrix", "kronecker_sum", "low_rank_product", "net_dtype", "fastfood", "draw_pieces"]

@@ -110,3 +110,12 @@ class _KroneckerSums(torch.autograd.Function):
 def _scatter(out: list, first: int, used: list[int], grads: torch.Tensor) -> None:
     for grad, j in zip(grads.unbind(0), used):
         out[first + j] = grad
+
+
+def net_dtype(net) -> torch.dtype:
+    """The dtype a bottleneck net (`down`, `up`) computes in: its first tensor's, or, for PHM projections
+    whose tensors all live in the adapter's home module, the first of the up projection's blocks."""
+    tensor = next(net.parameters(), None)
+    if tensor is None:
+        tensor = net.up.blocks.tensors()[0]
+    return tensor.dtype
