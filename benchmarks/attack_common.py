@@ -125,12 +125,9 @@ def error_lines(stderr: str) -> list[str]:
 
 def cli_verdict(result: dict) -> tuple[str, str]:
     """('ok' | 'refused' | 'raw_traceback' | 'hang', message) for one `peftlab.cli.main` call."""
-    if result["status"] == "hang":
-        return "hang", f"no answer after {result['seconds']} s"
-    if result["status"] == "crashed":
-        return "raw_traceback", f"the process died (signal {result.get('signal')}, exit {result.get('exit')})"
-    if result["status"] == "raised":
-        return "raw_traceback", f"{result['type']}: {result['message'][:300]}"
+    failed = api_verdict(result)
+    if failed is not None:
+        return failed
     code, stderr = result["value"]["code"], result["stderr"]
     lines = error_lines(stderr)
     if "Traceback" in stderr:

@@ -33,32 +33,10 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "adapterhub"
 ARCHS = ("bert", "roberta", "gpt2", "t5", "bart", "llama")
-VOCAB = 96
+sys.path.insert(0, str(ROOT / "tests"))
+# tests/tiny.py: the same tiny configs on transformers 4.57 (here) and 5 (the tests), and no_dropout
+from tiny import VOCAB, no_dropout, tiny_config  # noqa: E402
 ENCODERS, SEQ2SEQ = ("bert", "roberta"), ("t5", "bart")
-
-
-def tiny_config(arch: str):
-    """The configs of tests/tiny.py, spelled for transformers 4.57 (the values are the same)."""
-    if arch == "t5":
-        return tf.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
-                           num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    if arch == "bart":
-        return tf.BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=32,
-                             decoder_ffn_dim=32, encoder_attention_heads=4, decoder_attention_heads=4,
-                             max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                             decoder_start_token_id=2, forced_eos_token_id=None)
-    if arch in ENCODERS:
-        cls = tf.BertConfig if arch == "bert" else tf.RobertaConfig
-        return cls(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=32, max_position_embeddings=64, pad_token_id=1, num_labels=3)
-    if arch == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=4, n_positions=64,
-                             bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    if arch == "llama":
-        return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                              bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    raise KeyError(arch)
 
 
 def model_class(arch: str):
@@ -86,17 +64,6 @@ def logits(model, batch) -> torch.Tensor:
 def probe(arch: str, shape) -> torch.Tensor:
     """The fixed tensor the gradient check's loss weighs the logits with: sum(logits * probe)."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(5))
-
-
-def no_dropout(model) -> None:
-    """Every dropout at 0, so that train mode computes what eval mode does and the gradients are about the
-    math (AdapterHub applies a sublayer's dropout before its adapter on T5, GPT-2 and BART, peftlab after)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for key, value in list(vars(module).items()):
-            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
-                setattr(module, key, 0.0)
 
 
 def gradients(model, batch, weights: torch.Tensor, params: dict) -> dict:

@@ -19,7 +19,7 @@ import peftlab as pl
 from peftlab.adapterhub import tensor_names
 from peftlab.adapterhub_format import is_adapterhub
 from peftlab.core import adapter_state
-from tiny import tiny_model
+from tiny import no_dropout, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name != "base")
@@ -302,17 +302,6 @@ def test_the_worked_example_in_docs_adapterhub_md_runs(tmp_path, monkeypatch):
 # --- training: AdapterHub's gradients ------------------------------------------------------------------------
 
 GRADIENT_CASES = [case for case in CASES if (FIXTURES / case / "grads.safetensors").exists()]
-
-
-def no_dropout(model) -> None:
-    """Every dropout at 0 (modules and the rates attention functions read), as the fixtures' gradients were
-    taken: the check is about the math, not about where each library draws its dropout masks."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for key, value in list(vars(module).items()):
-            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
-                setattr(module, key, 0.0)
 
 
 @pytest.mark.parametrize("case", GRADIENT_CASES)
