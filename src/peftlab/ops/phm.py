@@ -77,17 +77,24 @@ class _KroneckerSums(torch.autograd.Function):
         index = torch.tensor(rule_of, device=rules.device)
         layer_rules = rules if n_rules == 1 else rules.index_select(0, index)
         ctx.pieces = (layer_rules, lefts, rights, blocks, index, n_rules)
+        ctx.input_dtypes = [t.dtype for t in tensors]
         return kronecker_sum(layer_rules, blocks).unbind(0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        layer_rules, lefts, rights, blocks, index, n_rules = ctx.pieces
-        count, (n, p, q) = len(grads), blocks.shape[1:]
+        count = len(grads)
         used = [j for j, grad in enumerate(grads) if grad is not None]
-        out = [None] * (3 + n_rules + count * (2 if rights is not None else 1))
+        out = [None] * (3 + len(ctx.input_dtypes))
         if not used:
             return tuple(out)
+        # under autocast the forward's matmuls ran in bf16/fp16 while the factors are float32, and backward
+        # runs outside autocast: compute in the widest of the dtypes met, hand each input its own dtype
+        dtype = _widest(ctx.pieces[0], *(grads[j] for j in used))
+        layer_rules, lefts, rights, blocks = (t if t is None else t.to(dtype) for t in ctx.pieces[:4])
+        index, n_rules = ctx.pieces[4:]
+        grads = [g if g is None else g.to(dtype) for g in grads]
+        n, p, q = blocks.shape[1:]
         pick = torch.tensor(used, device=blocks.device)
         grad_products = torch.stack([grads[j] for j in used]).reshape(-1, n, p, n, q).transpose(2, 3).reshape(
             -1, n * n, p * q)
@@ -104,7 +111,14 @@ class _KroneckerSums(torch.autograd.Function):
         else:
             _scatter(out, first, used, grad_blocks @ rights.index_select(0, pick).transpose(-1, -2))
             _scatter(out, first + count, used, lefts.index_select(0, pick).transpose(-1, -2) @ grad_blocks)
-        return tuple(out)
+        return tuple(g if g is None else g.to(d) for g, d in zip(out, [None] * 3 + ctx.input_dtypes))
+
+
+def _widest(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
 
 
 def _scatter(out: list, first: int, used: list[int], grads: torch.Tensor) -> None:
