@@ -129,15 +129,16 @@ def _stats(task: dict, lengths: list[int]) -> dict:
             "train_tokens": padded}
 
 
-def tiny_model(folder: Path, tokenizer) -> str:
-    """A random 2-layer BERT with MiniLM's vocabulary (the --smoke model), saved with the tokenizer so
-    that both environments load it like the real one."""
+def tiny_model(folder: Path, tokenizer, hidden: int = 128, layers: int = 2) -> str:
+    """A random BERT with MiniLM's vocabulary (the --smoke model: 2 layers, hidden 128), saved with the
+    tokenizer so that both environments load it like the real one."""
     import transformers as tf
     if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        # hidden 128: reduction factor 32 gives k = 4, which Compacter's phm_dim 4 divides
-        config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, intermediate_size=256, max_position_embeddings=256)
+        # hidden 128: reduction factor 32 gives k = 4, which Compacter's phm_dim 4 divides; 384 (quality.py's
+        # smoke): k = 12, which the PHM-Adapter's n = 12 divides too
+        config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                               num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=256)
         tf.BertModel(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return str(folder)

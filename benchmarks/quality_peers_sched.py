@@ -8,12 +8,11 @@ as chunks finish. A worker's start (imports) costs 6-15 s here: that is what the
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
+
+from workers import run_pool
 
 HERE = Path(__file__).parent
 MAIN_WORKER = HERE / "quality_peers_worker.py"
@@ -100,47 +99,23 @@ def schedule(chunks: list, cost, slots: int, startup_s: float) -> tuple[float, l
     return max(loads), ordered
 
 
-def _start(chunk: list, index: int, work: Path, data_file: Path, pythons: dict, threads: int,
-           device: str) -> tuple:
-    env_name = environment_of(chunk[0]["library"])
-    jobs_file, out_file = work / f"chunk{index:03d}.json", work / f"chunk{index:03d}.jsonl"
-    jobs_file.write_text(json.dumps(chunk))
-    out_file.unlink(missing_ok=True)
-    script = MAIN_WORKER if env_name == "main" else ADAPTERHUB_WORKER
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(HERE)}
-    log = open(work / f"chunk{index:03d}.log", "w")
-    process = subprocess.Popen([pythons[env_name], str(script), "--jobs", str(jobs_file), "--data", str(data_file),
-                                "--out", str(out_file), "--threads", str(threads), "--device", device],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(HERE))
-    return process, out_file, log, time.perf_counter(), chunk
+def _launcher(data_file: Path, pythons: dict, threads: int, device: str):
+    def launch(chunk: list, jobs_file: Path, out_file: Path) -> tuple[list, dict]:
+        env_name = environment_of(chunk[0]["library"])
+        script = MAIN_WORKER if env_name == "main" else ADAPTERHUB_WORKER
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "PYTHONPATH": str(HERE)}
+        return [pythons[env_name], str(script), "--jobs", str(jobs_file), "--data", str(data_file),
+                "--out", str(out_file), "--threads", str(threads), "--device", device], env
+    return launch
 
 
 def run_chunks(chunks: list, work: Path, data_file: Path, pythons: dict, slots: int, threads: int,
                device: str, on_chunk=None) -> tuple[list, list]:
     """Runs the chunks (in the given order) on `slots` worker processes; returns (records, process
     walls: one {"runs", "wall_s", "run_s"} per chunk, for the startup estimate)."""
-    pending, running, records, walls = list(enumerate(chunks)), [], [], []
-    while pending or running:
-        while pending and len(running) < slots:
-            index, chunk = pending.pop(0)
-            running.append(_start(chunk, index, work, data_file, pythons, threads, device))
-        time.sleep(0.5)
-        for item in [r for r in running if r[0].poll() is not None]:
-            running.remove(item)
-            process, out_file, log, started, chunk = item
-            log.close()
-            got = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
-            if process.returncode != 0 or len(got) < len(chunk):
-                print(f"worker for {chunk[0]['library']} {chunk[0]['method']} {chunk[0]['task']} exited "
-                      f"{process.returncode} after {len(got)}/{len(chunk)} runs; see {log.name}", file=sys.stderr)
-            records += got
-            walls.append({"runs": len(got), "wall_s": time.perf_counter() - started,
-                          "run_s": sum(r.get("run_s", 0.0) for r in got)})
-            if on_chunk:
-                on_chunk(records)
-    return records, walls
+    return run_pool(chunks, work, _launcher(data_file, pythons, threads, device), slots, on_chunk)
 
 
 def calibration_summary(records: list, walls: list, test_rows: dict) -> dict:

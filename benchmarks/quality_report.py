@@ -114,7 +114,13 @@ def to_markdown(payload: dict, png: str | None = None) -> str:
     meta = payload["meta"]
     lines = [f"# Quality on real data: {meta['mode']} mode", "",
              f"Wall time {meta['wall_min']:.1f} min (GLUE part {meta['glue_min']:.1f} min) on {meta['machine']}; "
-             f"torch {meta['torch']}. Exact settings: the `meta.settings` entry of the JSON file beside this one.", ""]
+             f"torch {meta['torch']}; {meta.get('precision', 'fp32')} on {meta.get('device', 'cpu')}. Exact "
+             "settings: the `meta.settings` entry of the JSON file beside this one.", ""]
+    if "planned_runs" in meta:
+        lines += [f"Runs: {meta['runs_done']} of {meta['planned_runs']} planned; CUDA path checks "
+                  f"{'passed' if meta['checks_ok'] else '**failed**'} (`{meta['mode']}` checks file beside this one).", ""]
+        lines += [f"- **failed**: {e['method']} {e['task']} seed {e['seed']}: {e['error']}" for e in meta["errors"]]
+        lines += [""] if meta["errors"] else []
     if meta.get("partial"):
         lines += ["**Partial: the run had not finished (or was stopped) when this was written; the tables "
                   "hold the runs completed so far.**", ""]
@@ -122,11 +128,12 @@ def to_markdown(payload: dict, png: str | None = None) -> str:
     if payload["glue_runs"]:
         budgets = ", ".join(f"{t}: {json.dumps(b)}" for t, b in settings["tasks"].items())
         sources = ", ".join(f"{t}: {json.dumps(b)}" for t, b in settings["source_tasks"].items())
-        lines += ["## MiniLM (all-MiniLM-L6-v2) on GLUE, test split (DESIGN §5 splits)", "",
+        model = "a tiny random BERT (smoke)" if settings.get("smoke") else "MiniLM (all-MiniLM-L6-v2)"
+        lines += [f"## {model} on GLUE, test split (DESIGN §5 splits)", "",
                   f"Budgets per task: {budgets}. Seeds: {settings['seeds']}."
                   + (f" SPoT/ATTEMPT sources also trained on: {sources}." if sources else ""),
                   "Metrics: CoLA MCC, MRPC mean of accuracy and F1, STS-B mean of Pearson and Spearman, "
-                  "others accuracy; × 100. s/step: seconds per training step (batch 16, 1 thread).", ""]
+                  "others accuracy; × 100. s/step: seconds per training step (at each task's batch size).", ""]
         if meta.get("train_pooler"):
             lines += ["**`--train-pooler`: every method trains BERT's pooler (its dense layer: 147,840 parameters on "
                       "MiniLM) with its head.**", ""]

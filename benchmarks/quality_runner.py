@@ -28,6 +28,7 @@ class Budget:
     epochs: float = 1.0
     test: int | None = None         # first N test rows (E2E: distinct MRs); None: the whole test split
     batch_size: int = 16
+    max_length: int = 64            # tokens per example (E2E: the source; its runs pass their own)
 
 
 ADAPTER = {"reduction_factor": 32, "unfreeze_layer_norms": True}    # k = 12 on MiniLM (d = 384)
@@ -70,10 +71,11 @@ _read_splits = loop.load_splits
 _SPLITS: dict = {}
 
 
-def _splits_once(task, data_dir=None, policy="paper", max_train=None, max_eval=None):
-    key = (task.name, str(data_dir), policy, max_train, max_eval)
+def _splits_once(task, *args, **kwargs):
+    """loop.load_splits, read once per process for each task and arguments (whatever they grow to)."""
+    key = (task.name, repr(args), repr(sorted(kwargs.items())))
     if key not in _SPLITS:
-        _SPLITS[key] = _read_splits(task, data_dir, policy, max_train, max_eval)
+        _SPLITS[key] = _read_splits(task, *args, **kwargs)
     return _SPLITS[key]
 
 
@@ -94,19 +96,21 @@ def _build_with_pooler(config, tasks):
 class SweepTrainer(Trainer):
     """The Trainer, evaluated on the test split only (the final weights; no validation pass)."""
 
-    def evaluate_split(self, split: str):
-        return {} if split == "validation" else super().evaluate_split(split)
+    def evaluate_split(self, split: str, **kwargs):
+        return {} if split == "validation" else super().evaluate_split(split, **kwargs)
 
 
 def run_one(task: str, method: dict, lr: float, seed: int, out_dir: Path, budget: Budget, data_dir: str,
-            threads: int, model: str = "minilm", save_adapter: bool = False, **model_extra) -> dict:
+            threads: int, model: str = "minilm", save_adapter: bool = False, precision: str = "fp32",
+            **model_extra) -> dict:
     config = {"tasks": [task], "method": method, "output_dir": str(out_dir), "overwrite": True,
-              "model": {"name": model, "max_length": 64, **model_extra},
+              "model": {"name": model, "max_length": budget.max_length, **model_extra},
               "data": {"dir": data_dir, "max_train_samples": budget.train, "max_eval_samples": budget.test},
               "train": {"epochs": budget.epochs, "max_steps": budget.steps, "batch_size": budget.batch_size,
                         "eval_batch_size": 64, "learning_rate": lr, "warmup_ratio": 0.06, "seed": seed,
                         "eval_strategy": "no", "eval_steps": 10 ** 9, "log_steps": 10 ** 9,
-                        "tensorboard": False, "progress_bar": False, "threads": threads}}
+                        "tensorboard": False, "progress_bar": False, "threads": threads,
+                        "precision": precision}}
     loop.load_splits = _splits_once     # read each task's files once per process (see the module doc)
     loop.build_model = _build_with_pooler
     started = time.perf_counter()
@@ -117,12 +121,13 @@ def run_one(task: str, method: dict, lr: float, seed: int, out_dir: Path, budget
         pl.save(trainer.model, out_dir / "adapter" / "default", name="default")
     test = results["tasks"][trainer.tasks[0].name]["test"]
     return {"task": task, "seed": seed, "percent": 100 * results["trainable"] / results["base"],
+            "final_loss": results["train"]["final_loss"],
             "trainable": results["trainable"], "test": test, "steps": results["train"]["steps"],
-            "train_s": results["train"]["wall_s"], "setup_s": setup_s,
+            "train_s": results["train"]["wall_s"], "setup_s": setup_s, "precision": precision,
             "run_s": time.perf_counter() - started}
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
@@ -130,7 +135,6 @@ def run_glue(tasks: dict, sources: dict, methods: list, seeds, data_dir, work: P
              on_record=None) -> list:
     """Source runs first (they feed SPoT / ATTEMPT), then task by task every method and seed, so that
     a sweep stopped early leaves whole columns."""
-    from peftlab.tasks import average
     methods = [m for m in methods if m in GLUE_METHODS and not (sources and m == SOURCE_METHOD)]
     methods += TRANSFER if sources else []
     plan = [(SOURCE_METHOD, t, b) for t, b in sources.items()]
@@ -139,12 +143,8 @@ def run_glue(tasks: dict, sources: dict, methods: list, seeds, data_dir, work: P
     bar = tqdm(total=len(plan) * len(seeds), desc="glue", unit="run")
     for label, task, budget in plan:
         for seed in seeds:
-            method, lr = _method_for(label, task, seed, work, list(sources))
-            out = work / _slug(label) / task / str(seed)
-            record = run_one(task, method, lr, seed, out, budget, data_dir, threads,
-                             save_adapter=label == SOURCE_METHOD)
-            record.update(method=label, lr=lr, score=100 * average(record["test"]),
-                          table=task in tasks)
+            record = run_labelled(label, task, seed, budget, data_dir, work, threads, list(sources),
+                                  table=task in tasks)
             records.append(record)
             if on_record:
                 on_record(records)
@@ -154,10 +154,25 @@ def run_glue(tasks: dict, sources: dict, methods: list, seeds, data_dir, work: P
     return records
 
 
-def _method_for(label, task, seed, work, source_tasks):
+def run_labelled(label: str, task: str, seed: int, budget: Budget, data_dir, work: Path, threads: int,
+                 source_tasks: list, table: bool = True, model: str = "minilm", precision: str = "fp32") -> dict:
+    """One GLUE run of a table method (a GLUE_METHODS label, SPoT or ATTEMPT) in <work>/<method>/<task>/<seed>;
+    the source method saves its adapter there for SPoT / ATTEMPT."""
+    from peftlab.tasks import average
+    method, lr = method_for(label, task, seed, work, source_tasks)
+    out = work / slug(label) / task / str(seed)
+    record = run_one(task, method, lr, seed, out, budget, data_dir, threads, model=model,
+                     save_adapter=label == SOURCE_METHOD, precision=precision)
+    record.update(method=label, lr=lr, score=100 * average(record["test"]), table=table)
+    return record
+
+
+def method_for(label, task, seed, work, source_tasks):
+    """(method config, learning rate) of a table label; SPoT / ATTEMPT read the source method's adapters
+    saved for the same seed on the other source tasks."""
     if label not in TRANSFER:
         return GLUE_METHODS[label]
-    sources = [str(work / _slug(SOURCE_METHOD) / other / str(seed) / "adapter" / "default")
+    sources = [str(work / slug(SOURCE_METHOD) / other / str(seed) / "adapter" / "default")
                for other in source_tasks if other != task]
     kind = "spot" if label == "SPoT" else "attempt"
     return {"method": kind, "sources": sources}, PROMPT_LR
@@ -185,11 +200,18 @@ def run_e2e(budget: Budget, data_dir, work: Path, threads: int, on_record=None) 
     model = local_smollm2(work)
     convert_s = time.perf_counter() - started
     records = []
-    for label, (method, lr) in tqdm(E2E_METHODS.items(), desc="e2e", unit="run"):
-        record = run_one("e2e", method, lr, 42, work / "e2e" / _slug(label), budget, data_dir, threads,
-                         model=model, max_length=80, max_target_length=64)
-        record.update(method=label, lr=lr, convert_s=convert_s)
-        records.append(record)
+    for label in tqdm(E2E_METHODS, desc="e2e", unit="run"):
+        records.append(run_e2e_method(label, budget, data_dir, work, threads, model, convert_s=convert_s))
         if on_record:
             on_record(records)
     return records
+
+
+def run_e2e_method(label: str, budget: Budget, data_dir, work: Path, threads: int, model: str,
+                   precision: str = "fp32", convert_s: float = 0.0) -> dict:
+    """One E2E run of an E2E_METHODS label on the (converted) SmolLM2 folder `model`, seed 42."""
+    method, lr = E2E_METHODS[label]
+    record = run_one("e2e", method, lr, 42, work / "e2e" / slug(label), budget, data_dir, threads,
+                     model=model, max_length=80, max_target_length=64, precision=precision)
+    record.update(method=label, lr=lr, convert_s=convert_s)
+    return record
