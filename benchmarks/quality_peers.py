@@ -52,6 +52,9 @@ class Mode:
 SECOND = {"libraries": ["peftlab"], "methods": [
     "Full fine-tuning", "LoRA (r=8, α=16, q, v)", "(IA)³", "Houlsby (k=12)", "Pfeiffer (k=12)",
     "Compacter (n=4, k=12)", "Compacter++ (n=4, k=12)", "Parallel (k=12, s=4)"]}
+# the third budget: 4x the second's rows, the methods whose gap the second left widest apart or unexplained
+LONG = {"libraries": ["peftlab"], "methods": [
+    "Full fine-tuning", "LoRA (r=8, α=16, q, v)", "(IA)³", "Houlsby (k=12)", "Parallel (k=12, s=4)"]}
 # Sized from --calibrate on this machine (docs/benchmarks_quality.md, "Peers"): batch 32, length-grouped
 # batches. The CPU mode is SST-2 alone: 36 min with a core per worker, 74 min at the heaviest load of the
 # other jobs seen (calibrated at load average 4.3); RTE (one epoch alone: ~2 h) and the second budget
@@ -63,6 +66,9 @@ MODES = {
     # the second budget: 3x the rows (375 steps), peftlab only; ~20 min alone, ~40 at that load
     "gap": Mode({"sst2-x3": TaskBudget(task="sst2", train=12000, max_length=64)}, only={"sst2-x3": SECOND},
                 calibration="cpu"),
+    # the third budget: 48,000 rows (1,500 steps), seeds 42 and 43, peftlab only; ~30 min alone
+    "gap-long": Mode({"sst2-x12": TaskBudget(task="sst2", train=48000, max_length=64)}, seeds=(42, 43),
+                     only={"sst2-x12": LONG}, calibration="cpu"),
     # RTE: every training row (2,490) for 2 epochs (156 steps), up to 128 tokens; 2.3 h alone, 4.6 h at load
     "rte": Mode({"rte": TaskBudget(epochs=2, max_length=128)}),
     # one H200: 8 worker processes share the GPU (MiniLM at batch 32 leaves it mostly idle: launch-bound
@@ -92,6 +98,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="*", default=None, help=f"default: all of {method_labels()}")
     parser.add_argument("--tasks", nargs="*", default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="one learning rate for every selected method "
+                        "(a learning-rate check; default: each method's own, quality_peers_methods.py)")
     parser.add_argument("--slots", type=int, default=None, help="worker processes at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
@@ -136,6 +144,8 @@ def main(argv=None) -> dict | None:
     plan = dict(table_for_task=lambda key: _table(data, key), libraries=libraries, labels=labels,
                 device=mode.device, tokenizer_path=data["tokenizer_path"], only=mode.only)
     jobs = sched.make_jobs(tasks=mode.budgets, seeds=mode.seeds, calibrate=False, **plan)
+    for job in jobs if args.lr else []:
+        job["lr"] = args.lr
     steps = {k: task["stats"]["steps"] for k, task in data["tasks"].items()}
     glue = {k: task["name"] for k, task in data["tasks"].items()}
     cost_with = lambda cal: lambda chunk: sum(sched.estimate_run(j, cal, steps, glue) for j in chunk)  # noqa: E731
@@ -153,7 +163,7 @@ def main(argv=None) -> dict | None:
     estimate = makespan / 60 if calibration else None
     print(f"{len(jobs)} runs" + (f", estimated {estimate:.0f} min from the {mode.calibration} mode's calibration"
                                  if estimate else ""))
-    name = args.name or ("quality_peers" if args.mode == "cpu" else f"quality_peers_{args.mode}")
+    name = args.name or ("quality_peers" if args.mode == "cpu" else f"quality_peers_{args.mode.replace('-', '_')}")
 
     def write(records, final=False):
         from quality_peers_report import write_results
@@ -239,7 +249,7 @@ def _machine(mode: Mode) -> str:
 
 
 def _meta(args, mode: Mode, data, libraries, labels, skipped, started, final, estimate) -> dict:
-    tables = {t: {label: {"lr": m.lr, "configs": m.configs, "notes": m.notes}
+    tables = {t: {label: {"lr": args.lr or m.lr, "configs": m.configs, "notes": m.notes}
                   for label, m in _table(data, t).items() if label in labels} for t in data["tasks"]}
     return {"mode": args.mode, "partial": not final, "wall_min": (time.time() - started) / 60,
             "estimate_min": estimate,

@@ -12,7 +12,9 @@ FULL = "Full fine-tuning"
 PROMPT = "Prompt tuning"
 NOT_ADAPTER_STYLE = (FULL, PROMPT)        # the goal's "adapter-style methods": all but these (and >= 1 %)
 BUDGET_PERCENT, GAP_POINTS = 1.0, 1.0
-MAIN, SECOND = "quality_peers", "quality_peers_gap"    # the CPU mode's file shows the gap mode's in goal 2
+MAIN = "quality_peers"
+GAP_FILES = ("quality_peers_gap", "quality_peers_gap_long")   # the CPU mode's file shows these in goal 2
+MORE_SEEDS = "quality_peers_more_seeds"     # more seeds of some cpu-mode methods: goal 1 over all of them
 
 
 def scores(runs: list[dict]) -> dict:
@@ -205,7 +207,29 @@ def _title(key: str, meta: dict) -> str:
     return f"{task} ({stats['train_rows']:,} rows, {stats['steps']} steps{extra})"
 
 
-def to_markdown(payload: dict, png: str, second: dict | None = None) -> str:
+def more_seeds(payload: dict, extra: dict) -> list[str]:
+    """Goal 1 for the methods of `extra` over the seeds of both runs (same budget and data), with Welch's
+    t-test of the two libraries' means."""
+    from scipy.stats import ttest_ind
+    methods = set(r["method"] for r in extra["runs"])
+    runs = [r for r in payload["runs"] if r["method"] in methods] + extra["runs"]
+    seeds = sorted({r["seed"] for r in runs})
+    out = [f"More seeds (`{MORE_SEEDS}.md`, {extra['meta']['wall_min']:.0f} min): seeds {seeds[0]}–{seeds[-1]} "
+           f"({len(seeds)}), the cpu mode's budget:", ""]
+    for key in payload["meta"]["budgets"]:
+        out += task_table(key, runs, payload["meta"]) + [""]
+        for method, per_library in scores(runs).get(key, {}).items():
+            check = versus_best_peer(per_library)
+            if check:
+                test = ttest_ind(list(per_library["peftlab"].values()), list(per_library[check["peer"]].values()),
+                                 equal_var=False)
+                out.append(f"- {method}: peftlab vs {check['peer']}, Welch's t = {test.statistic:.2f}, "
+                           f"p = {test.pvalue:.2f}")
+    return out + [""]
+
+
+def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict | None = None) -> str:
+    """`gaps`: {file stem: payload} of the longer budgets, shown in goal 2; `extra`: more seeds (goal 1)."""
     meta, runs = payload["meta"], payload["runs"]
     errors = sorted({(r["library"], r["method"], r["error"]) for r in runs if "error" in r})
     done = sum(1 for r in runs if "error" not in r)
@@ -233,11 +257,13 @@ def to_markdown(payload: dict, png: str, second: dict | None = None) -> str:
         out += ["¹ Not available:"] + [f"- {lib}, {method}: `{error}`" for lib, method, error in errors] + [""]
     out += [f"![accuracy per seed]({png})", "", "## Goals", "",
             "1. peftlab's mean no lower than the best peer's by more than the larger seed std: the *goal* "
-            "column above.", "", "2. Adapter-style methods under 1 % trainable within 1 point of the same "
+            "column above.", ""]
+    out += more_seeds(payload, extra) if extra else []
+    out += ["2. Adapter-style methods under 1 % trainable within 1 point of the same "
             "library's full fine-tuning on SST-2, at each budget:", ""]
-    for part in [payload] + ([second] if second else []):
+    for stem, part in [(None, payload), *(gaps or {}).items()]:
         for key in [k for k in part["meta"]["budgets"] if part["meta"].get("glue_task", {}).get(k, k) == "sst2"]:
-            source = "" if part is payload else f" (`{SECOND}.md`, {part['meta']['wall_min']:.0f} min)"
+            source = "" if stem is None else f" (`{stem}.md`, {part['meta']['wall_min']:.0f} min)"
             out += [f"{_title(key, part['meta'])}{source}:", ""] + adapter_gap(part["runs"], key) + [""]
     out += ["3. Prompt tuning clearly above the majority class:", ""] + prompt_check(runs, meta) + [""]
     out += ["## Method mapping", ""] + mapping_table(meta) + [""]
@@ -290,14 +316,22 @@ def write_results(folder: Path, name: str, payload: dict, show: bool = False) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    second = _read(folder / f"{SECOND}.json") if name == MAIN else None
-    (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png", second))
+    if name == MAIN:
+        (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png", _gaps(folder),
+                                                       _read(folder / f"{MORE_SEEDS}.json")))
+    else:
+        (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png"))
     plot(payload, folder / f"{name}.png")
-    if name == SECOND and (folder / f"{MAIN}.json").exists():     # the main table's goal 2 shows this run
+    if name in (*GAP_FILES, MORE_SEEDS) and (folder / f"{MAIN}.json").exists():   # the main file shows this run
         main = _read(folder / f"{MAIN}.json")
-        (folder / f"{MAIN}.md").write_text(to_markdown(main, f"{MAIN}.png", payload))
+        (folder / f"{MAIN}.md").write_text(to_markdown(main, f"{MAIN}.png", _gaps(folder),
+                                                       _read(folder / f"{MORE_SEEDS}.json")))
     if show:
         print((folder / f"{name}.md").read_text())
+
+
+def _gaps(folder: Path) -> dict:
+    return {stem: _read(folder / f"{stem}.json") for stem in GAP_FILES if (folder / f"{stem}.json").exists()}
 
 
 def _read(path: Path) -> dict | None:
