@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
-DATA = ROOT.parent / "shared" / "data"
+from benchmark_smoke import BENCH, DATA, NEEDS_GLUE_AND_MINILM
+
 ADAPTERHUB = BENCH / ".venv-adapters" / "bin" / "python"
 
 
@@ -27,16 +26,7 @@ def method_labels() -> list[str]:
     return labels()
 
 
-def _minilm_installed() -> bool:
-    from peftlab.models import offline_path
-    path = offline_path("minilm")
-    return path is not None and path.is_dir()
-
-
-pytestmark = [
-    pytest.mark.skipif(not (DATA / "glue" / "SST-2").is_dir(), reason=f"no GLUE files under {DATA}"),
-    pytest.mark.skipif(not _minilm_installed(), reason="the offline MiniLM package (its tokenizer) is not installed"),
-]
+pytestmark = NEEDS_GLUE_AND_MINILM
 
 
 def _run(*args: str, cwd: Path = BENCH) -> None:
