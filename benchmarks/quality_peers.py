@@ -100,9 +100,13 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="one learning rate for every selected method "
                         "(a learning-rate check; default: each method's own, quality_peers_methods.py)")
+    parser.add_argument("--train-pooler", action="store_true", help="BERT's pooler trains with every method, "
+                        "at its learning rate (the pooler check: all-MiniLM-L6-v2's pooler was never trained)")
     parser.add_argument("--slots", type=int, default=None, help="worker processes at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--model", default=None, help="a local all-MiniLM-L6-v2 folder (default: the offline "
+                        "package's; benchmarks/gpu/prepare.py makes one for a GPU machine)")
     parser.add_argument("--work", default=str(HERE.parent / "runs" / "quality_peers"))
     parser.add_argument("--results-dir", default=str(RESULTS))
     parser.add_argument("--name", default=None, help="results file stem (default: quality_peers[_<mode>])")
@@ -133,7 +137,7 @@ def main(argv=None) -> dict | None:
     work = Path(args.work) / args.mode
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    data = build_data(mode.budgets, mode.seeds, args.data_dir, work, mode.smoke, PROMPT_LENGTH)
+    data = build_data(mode.budgets, mode.seeds, args.data_dir, work, mode.smoke, PROMPT_LENGTH, args.model)
     data_file = work / "data.pt"
     torch.save(data, data_file)
     # AdapterHub's venv is made on first use on a CPU machine (as speed.py does); never in smoke mode (CI)
@@ -146,6 +150,8 @@ def main(argv=None) -> dict | None:
     jobs = sched.make_jobs(tasks=mode.budgets, seeds=mode.seeds, calibrate=False, **plan)
     for job in jobs if args.lr else []:
         job["lr"] = args.lr
+    for job in jobs if args.train_pooler else []:
+        job["train_pooler"] = True
     steps = {k: task["stats"]["steps"] for k, task in data["tasks"].items()}
     glue = {k: task["name"] for k, task in data["tasks"].items()}
     cost_with = lambda cal: lambda chunk: sum(sched.estimate_run(j, cal, steps, glue) for j in chunk)  # noqa: E731
@@ -252,6 +258,7 @@ def _meta(args, mode: Mode, data, libraries, labels, skipped, started, final, es
     tables = {t: {label: {"lr": args.lr or m.lr, "configs": m.configs, "notes": m.notes}
                   for label, m in _table(data, t).items() if label in labels} for t in data["tasks"]}
     return {"mode": args.mode, "partial": not final, "wall_min": (time.time() - started) / 60,
+            "train_pooler": args.train_pooler, "lr_override": args.lr,
             "estimate_min": estimate,
             "machine": _machine(mode) + (f", {args.note}" if args.note else ""), "device": mode.device,
             "seeds": list(mode.seeds), "libraries": libraries, "skipped": skipped, "smoke": mode.smoke,

@@ -144,11 +144,13 @@ def tiny_model(folder: Path, tokenizer, hidden: int = 128, layers: int = 2) -> s
     return str(folder)
 
 
-def build_data(budgets: dict, seeds, data_dir, work: Path, smoke: bool, prompt_length: int) -> dict:
-    """Everything the workers need, tokenized once; saved by the caller with torch.save."""
+def build_data(budgets: dict, seeds, data_dir, work: Path, smoke: bool, prompt_length: int,
+               model: str | None = None) -> dict:
+    """Everything the workers need, tokenized once; saved by the caller with torch.save. `model`: a local
+    folder of all-MiniLM-L6-v2 (a GPU machine without the offline package); default: the package's."""
     import transformers as tf
     from peftlab.models import offline_path
-    minilm = str(offline_path("minilm"))
+    minilm = model or str(offline_path("minilm"))
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm)
     model_path = tiny_model(work / "tiny-bert-h128", tokenizer) if smoke else minilm
     hidden = tf.AutoConfig.from_pretrained(model_path).hidden_size

@@ -15,6 +15,9 @@ BUDGET_PERCENT, GAP_POINTS = 1.0, 1.0
 MAIN = "quality_peers"
 GAP_FILES = ("quality_peers_gap", "quality_peers_gap_long")   # the CPU mode's file shows these in goal 2
 MORE_SEEDS = "quality_peers_more_seeds"     # more seeds of some cpu-mode methods: goal 1 over all of them
+# checks of the cause of goal 2's gap at the second budget, each the gap mode with one thing changed
+CAUSE_CHECKS = {"quality_peers_gap_lr1e-3": "learning rate 1e-3 (not 3e-3)",
+                "quality_peers_gap_pooler": "BERT's pooler trained too"}
 
 
 def scores(runs: list[dict]) -> dict:
@@ -228,7 +231,35 @@ def more_seeds(payload: dict, extra: dict) -> list[str]:
     return out + [""]
 
 
-def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict | None = None) -> str:
+def cause_checks(baseline: dict, checks: dict) -> list[str]:
+    """The second budget's peftlab accuracies beside the same runs with one thing changed (CAUSE_CHECKS),
+    and full fine-tuning's: does the change close the gap?"""
+    if not checks:
+        return []
+    key = next(iter(baseline["meta"]["budgets"]))
+    base = scores(baseline["runs"]).get(key, {})
+    changed = {label: scores(part["runs"]).get(key, {}) for label, part in checks.items()}
+    full = base.get("Full fine-tuning", {}).get("peftlab")
+    if not full:
+        return []
+    out = [f"Checks of the gap's cause at this budget, one change each (`{'`, `'.join(c + '.md' for c in CAUSE_CHECKS)}`); "
+           f"full fine-tuning {_cell(full)}:", "",
+           "| method | as run | " + " | ".join(CAUSE_CHECKS[c] for c in checks) + " |",
+           "|---" * (2 + len(checks)) + "|"]
+    for method in [m for m in base if any(m in table for table in changed.values())]:
+        cells = [_cell(table[method]["peftlab"]) + f" ({_mean(table[method]['peftlab']) - _mean(full):+.1f})"
+                 if method in table else "–" for table in changed.values()]
+        own = base[method]["peftlab"]
+        out.append(f"| {method} | {_cell(own)} ({_mean(own) - _mean(full):+.1f}) | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _mean(by_seed: dict) -> float:
+    return statistics.mean(by_seed.values())
+
+
+def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict | None = None,
+                checks: dict | None = None) -> str:
     """`gaps`: {file stem: payload} of the longer budgets, shown in goal 2; `extra`: more seeds (goal 1)."""
     meta, runs = payload["meta"], payload["runs"]
     errors = sorted({(r["library"], r["method"], r["error"]) for r in runs if "error" in r})
@@ -244,6 +275,11 @@ def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict |
            f"{' (partial: still running or stopped)' if meta['partial'] else ''}; {meta['machine']}; "
            f"torch {meta['torch']}, {_versions(runs)}.", ""]
     out += [f"**Headline**: {headline(payload)}", ""]
+    if meta.get("train_pooler"):
+        out += ["**`--train-pooler`: BERT's pooler (147,840 parameters on MiniLM, counted in trainable %) trains "
+                "with every method, at the method's learning rate.**", ""]
+    if meta.get("lr_override"):
+        out += [f"**`--lr {meta['lr_override']:g}`: every method at this learning rate, not its own.**", ""]
     if meta.get("skipped"):
         out += [f"Skipped: {', '.join(f'{k} ({v})' for k, v in meta['skipped'].items())}.", ""]
     out += ["## Budget", ""] + budget_table(meta) + [
@@ -265,6 +301,8 @@ def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict |
         for key in [k for k in part["meta"]["budgets"] if part["meta"].get("glue_task", {}).get(k, k) == "sst2"]:
             source = "" if stem is None else f" (`{stem}.md`, {part['meta']['wall_min']:.0f} min)"
             out += [f"{_title(key, part['meta'])}{source}:", ""] + adapter_gap(part["runs"], key) + [""]
+        if stem == GAP_FILES[0]:
+            out += cause_checks(part, checks or {})
     out += ["3. Prompt tuning clearly above the majority class:", ""] + prompt_check(runs, meta) + [""]
     out += ["## Method mapping", ""] + mapping_table(meta) + [""]
     out += ["Prompt-tuning init text per task: " + "; ".join(f"{t}: \"{s}\"" for t, s in meta["prompt_text"].items()),
@@ -316,16 +354,14 @@ def write_results(folder: Path, name: str, payload: dict, show: bool = False) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    if name == MAIN:
-        (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png", _gaps(folder),
-                                                       _read(folder / f"{MORE_SEEDS}.json")))
-    else:
+    if name != MAIN:
         (folder / f"{name}.md").write_text(to_markdown(payload, f"{name}.png"))
     plot(payload, folder / f"{name}.png")
-    if name in (*GAP_FILES, MORE_SEEDS) and (folder / f"{MAIN}.json").exists():   # the main file shows this run
-        main = _read(folder / f"{MAIN}.json")
+    if (name == MAIN or name in (*GAP_FILES, MORE_SEEDS, *CAUSE_CHECKS)) and (folder / f"{MAIN}.json").exists():
+        main = _read(folder / f"{MAIN}.json")     # the main file shows these runs too
+        checks = {c: _read(folder / f"{c}.json") for c in CAUSE_CHECKS if (folder / f"{c}.json").exists()}
         (folder / f"{MAIN}.md").write_text(to_markdown(main, f"{MAIN}.png", _gaps(folder),
-                                                       _read(folder / f"{MORE_SEEDS}.json")))
+                                                       _read(folder / f"{MORE_SEEDS}.json"), checks))
     if show:
         print((folder / f"{name}.md").read_text())
 

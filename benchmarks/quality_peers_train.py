@@ -146,6 +146,9 @@ def run_job(job: dict, data: dict, attach, device: str) -> dict:
     base = sum(p.numel() for p in model.parameters())
     head = sum(p.numel() for p in model.classifier.parameters())
     module, params = attach(model, job)
+    if job.get("train_pooler"):      # the pooler check: BERT's pooler trains with the method (and its lr)
+        pooler = [p for p in model.base_model.pooler.parameters() if not any(p is q for q in params)]
+        params = params + [p.requires_grad_(True) for p in pooler]
     module.to(device)
     record = {**count(module, params, base, head)}
     plan = task["calibration_plans" if job.get("calibrate") else "plans"][str(seed)]
