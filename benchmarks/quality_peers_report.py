@@ -206,8 +206,8 @@ def speed_table(runs: list[dict], meta: dict) -> list[str]:
 def _title(key: str, meta: dict) -> str:
     task, stats = meta.get("glue_task", {}).get(key, key), meta["data"][key]
     only = meta.get("only", {}).get(key)
-    extra = f"; second budget, {', '.join(only['libraries'])} only" if only else ""
-    return f"{task} ({stats['train_rows']:,} rows, {stats['steps']} steps{extra})"
+    extra = f"; a longer budget, {', '.join(only['libraries'])} only" if only else ""
+    return f"{task} ({stats['train_rows']:,} rows, {stats['steps']:,} steps{extra})"
 
 
 def more_seeds(payload: dict, extra: dict) -> list[str]:
