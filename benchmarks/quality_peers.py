@@ -148,7 +148,7 @@ def main(argv=None) -> dict | None:
     plan = dict(table_for_task=lambda key: _table(data, key), libraries=libraries, labels=labels,
                 device=mode.device, tokenizer_path=data["tokenizer_path"], only=mode.only)
     jobs = sched.make_jobs(tasks=mode.budgets, seeds=mode.seeds, calibrate=False, **plan)
-    _apply_checks(jobs, args)
+    apply_checks(jobs, args)
     steps = {k: task["stats"]["steps"] for k, task in data["tasks"].items()}
     glue = {k: task["name"] for k, task in data["tasks"].items()}
     cost_with = lambda cal: lambda chunk: sum(sched.estimate_run(j, cal, steps, glue) for j in chunk)  # noqa: E731
@@ -178,7 +178,7 @@ def main(argv=None) -> dict | None:
     return {"runs": records}
 
 
-def _apply_checks(jobs: list[dict], args) -> None:
+def apply_checks(jobs: list[dict], args) -> None:
     """--lr and --train-pooler: one change to every run, for the checks of a gap's cause."""
     for job in jobs:
         job["lr"] = args.lr or job["lr"]

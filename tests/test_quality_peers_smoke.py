@@ -43,6 +43,13 @@ def smoke(tmp_path_factory) -> tuple[Path, dict]:
     return folder / "results", json.loads((folder / "results" / "quality_peers_smoke.json").read_text())
 
 
+@pytest.fixture
+def bench_path():
+    sys.path.insert(0, str(BENCH))
+    yield
+    sys.path.remove(str(BENCH))
+
+
 def test_every_run_is_recorded_with_its_score_or_error(smoke):
     _, payload = smoke
     meta, runs = payload["meta"], payload["runs"]
@@ -87,3 +94,27 @@ def test_report_and_rewrite(smoke):
     _run("--rewrite", "quality_peers_smoke", "--results-dir", str(folder))
     assert (folder / "quality_peers_smoke.md").read_text() == md
     assert (folder / "quality_peers_smoke.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("library", ["peftlab", "HF PEFT"])
+def test_train_pooler_trains_the_pooler_with_the_method_and_lr_overrides_every_run(smoke, bench_path, library):
+    """The two checks of goal 2's cause: --train-pooler adds BERT's pooler to what trains (counted), --lr
+    sets one learning rate for every run."""
+    from types import SimpleNamespace
+    import quality_peers
+    from quality_peers_train import load_data, run_job
+    from quality_peers_worker import attach_peft, attach_peftlab
+    folder, payload = smoke
+    data = load_data(str(folder.parent / "work" / "smoke" / "data.pt"))
+    base = next(r for r in payload["runs"] if r["library"] == library and r["method"].startswith("LoRA")
+                and r["task"] == "sst2" and r["seed"] == 42)
+    job = {k: base[k] for k in ("task", "method", "library", "seed", "lr")}
+    job.update(config=payload["meta"]["methods"][base["method"]]["configs"][library], max_steps=1)
+    quality_peers.apply_checks([job], SimpleNamespace(lr=None, train_pooler=True))
+    attach = attach_peftlab if library == "peftlab" else attach_peft
+    record = run_job(job, data, attach, "cpu")
+    hidden = 128       # the smoke model's
+    assert record["trainable"] == base["trainable"] + hidden * hidden + hidden
+    jobs = [dict(job, lr=0.1), dict(job, lr=0.2)]
+    quality_peers.apply_checks(jobs, SimpleNamespace(lr=1e-3, train_pooler=False))
+    assert [j["lr"] for j in jobs] == [1e-3, 1e-3] and not any(j["train_pooler"] for j in jobs)
