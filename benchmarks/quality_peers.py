@@ -114,6 +114,10 @@ def parse_args(argv=None):
     parser.add_argument("--rewrite", metavar="NAME", help="only rewrite <results-dir>/NAME.md and .png from NAME.json")
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else args.mode or ("cuda" if args.device == "cuda" else "cpu")
+    known = methods("x", [0], "")
+    unknown = [m for m in args.methods or [] if m not in known]
+    if unknown:
+        parser.error(f"--methods: no method {unknown[0]!r}; the methods are {list(known)}")
     return args
 
 
@@ -146,7 +150,7 @@ def main(argv=None) -> dict | None:
     libraries = [lib for lib in args.libraries if lib not in skipped]
     labels = args.methods or method_labels()
     plan = dict(table_for_task=lambda key: _table(data, key), libraries=libraries, labels=labels,
-                device=mode.device, tokenizer_path=data["tokenizer_path"], only=mode.only)
+                device=mode.device, tokenizer_path=data["tokenizer_path"], only=_named(mode.only, args.methods))
     jobs = sched.make_jobs(tasks=mode.budgets, seeds=mode.seeds, calibrate=False, **plan)
     apply_checks(jobs, args)
     steps = {k: task["stats"]["steps"] for k, task in data["tasks"].items()}
@@ -176,6 +180,12 @@ def main(argv=None) -> dict | None:
                                   on_chunk=write)
     write(records, final=True)
     return {"runs": records}
+
+
+def _named(only: dict, named: list | None) -> dict:
+    """A restricted budget (the gap modes') also runs the methods named with --methods: what the user asked."""
+    return {key: dict(rule, methods=list(dict.fromkeys(rule.get("methods", []) + (named or []))))
+            for key, rule in only.items()}
 
 
 def apply_checks(jobs: list[dict], args) -> None:

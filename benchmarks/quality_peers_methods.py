@@ -39,8 +39,25 @@ def _bn(cls: str, **kwargs) -> dict:
 
 def methods(prompt_text: str, prompt_ids: list[int], tokenizer_path: str) -> dict[str, Method]:
     """label -> Method; the prompt-tuning configs carry the task's init text (and its ids for peftlab)."""
-    table = _shared(prompt_text, prompt_ids, tokenizer_path) + _bottlenecks()
+    table = _shared(prompt_text, prompt_ids, tokenizer_path) + _bottlenecks() + _checks()
     return {m.label: m for m in table}
+
+
+LORA_ALL = "LoRA (r=4, α=8, all linear)"
+PFEIFFER_WIDE, PARALLEL_WIDE = "Pfeiffer (k=24)", "Parallel (k=24, s=4)"
+
+
+def _checks() -> list[Method]:
+    """Methods run only when named (--methods), to check a cause: not in the default plan."""
+    return [Method(LORA_ALL, 3e-3, {"peftlab": {"method": "lora", "r": 4, "alpha": 8, "slots": [
+        "attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.out"]}},
+        ["peftlab only, a check of LoRA's gap: every linear layer of each block at rank 4 (0.73 % with "
+         "the classifier), where the table's LoRA adapts the query and value projections at rank 8."]),
+        Method(PFEIFFER_WIDE, ADAPTER_LR, {"peftlab": {"method": "pfeiffer", "reduction_factor": REDUCTION // 2,
+                                                       "init": "bert"}},
+               ["peftlab only, a check of the one-adapter-per-block gap: Pfeiffer with twice the bottleneck."]),
+        Method(PARALLEL_WIDE, ADAPTER_LR, {"peftlab": {"method": "parallel", "reduction_factor": REDUCTION // 2}},
+               ["peftlab only, a check of the one-adapter-per-block gap: Parallel with twice the bottleneck."])]
 
 
 def _shared(prompt_text: str, prompt_ids: list[int], tokenizer_path: str) -> list[Method]:
@@ -141,4 +158,6 @@ def _prompt_configs(text: str, ids: list[int], tokenizer_path: str) -> dict:
 
 
 def method_labels() -> list[str]:
-    return list(methods("x", [0], "").keys())
+    """The default plan's methods (the cause checks only run when named)."""
+    checks = {m.label for m in _checks()}
+    return [label for label in methods("x", [0], "") if label not in checks]

@@ -17,7 +17,11 @@ GAP_FILES = ("quality_peers_gap", "quality_peers_gap_long")   # the CPU mode's f
 MORE_SEEDS = "quality_peers_more_seeds"     # more seeds of some cpu-mode methods: goal 1 over all of them
 # checks of the cause of goal 2's gap at the second budget, each the gap mode with one thing changed
 CAUSE_CHECKS = {"quality_peers_gap_lr1e-3": "learning rate 1e-3 (not 3e-3)",
-                "quality_peers_gap_pooler": "BERT's pooler trained too"}
+                "quality_peers_gap_pooler": "BERT's pooler trained too",
+                "quality_peers_gap_lora_all": "LoRA on every linear layer, r = 4",
+                "quality_peers_gap_wide": "twice the bottleneck (k = 24)"}
+STANDS_FOR = {"LoRA (r=4, α=8, all linear)": "LoRA (r=8, α=16, q, v)",     # a check's method -> its table row
+              "Pfeiffer (k=24)": "Pfeiffer (k=12)", "Parallel (k=24, s=4)": "Parallel (k=12, s=4)"}
 
 
 def scores(runs: list[dict]) -> dict:
@@ -238,7 +242,8 @@ def cause_checks(baseline: dict, checks: dict) -> list[str]:
         return []
     key = next(iter(baseline["meta"]["budgets"]))
     base = scores(baseline["runs"]).get(key, {})
-    changed = {label: scores(part["runs"]).get(key, {}) for label, part in checks.items()}
+    changed = {label: {STANDS_FOR.get(m, m): v for m, v in scores(part["runs"]).get(key, {}).items()}
+               for label, part in checks.items()}
     full = base.get("Full fine-tuning", {}).get("peftlab")
     if not full:
         return []
