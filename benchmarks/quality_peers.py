@@ -94,7 +94,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="same as --mode smoke")
     parser.add_argument("--calibrate", action="store_true",
                         help="time 3 steps of every run (seed 42), print the estimate, write <work>/calibration.json")
-    parser.add_argument("--libraries", nargs="*", choices=LIBRARIES, default=list(LIBRARIES))
+    parser.add_argument("--libraries", nargs="*", choices=LIBRARIES, default=None, help="default: all three")
     parser.add_argument("--methods", nargs="*", default=None, help=f"default: all of {method_labels()}")
     parser.add_argument("--tasks", nargs="*", default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
@@ -114,6 +114,7 @@ def parse_args(argv=None):
     parser.add_argument("--rewrite", metavar="NAME", help="only rewrite <results-dir>/NAME.md and .png from NAME.json")
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else args.mode or ("cuda" if args.device == "cuda" else "cpu")
+    args.named_libraries, args.libraries = args.libraries, args.libraries or list(LIBRARIES)
     known = methods("x", [0], "")
     unknown = [m for m in args.methods or [] if m not in known]
     if unknown:
@@ -150,7 +151,8 @@ def main(argv=None) -> dict | None:
     libraries = [lib for lib in args.libraries if lib not in skipped]
     labels = args.methods or method_labels()
     plan = dict(table_for_task=lambda key: _table(data, key), libraries=libraries, labels=labels,
-                device=mode.device, tokenizer_path=data["tokenizer_path"], only=_named(mode.only, args.methods))
+                device=mode.device, tokenizer_path=data["tokenizer_path"],
+                only=named_restriction(mode.only, args.methods, args.named_libraries))
     jobs = sched.make_jobs(tasks=mode.budgets, seeds=mode.seeds, calibrate=False, **plan)
     apply_checks(jobs, args)
     steps = {k: task["stats"]["steps"] for k, task in data["tasks"].items()}
@@ -182,9 +184,12 @@ def main(argv=None) -> dict | None:
     return {"runs": records}
 
 
-def _named(only: dict, named: list | None) -> dict:
-    """A restricted budget (the gap modes') also runs the methods named with --methods: what the user asked."""
-    return {key: dict(rule, methods=list(dict.fromkeys(rule.get("methods", []) + (named or []))))
+def named_restriction(only: dict, methods: list | None, libraries: list | None) -> dict:
+    """A restricted budget (the gap modes') also runs the methods and libraries named with --methods and
+    --libraries: what the user asked for."""
+    def extended(rule, key, named):
+        return list(dict.fromkeys(rule.get(key, []) + (named or [])))
+    return {key: dict(rule, methods=extended(rule, "methods", methods), libraries=extended(rule, "libraries", libraries))
             for key, rule in only.items()}
 
 

@@ -56,8 +56,10 @@ def _checks() -> list[Method]:
         Method(PFEIFFER_WIDE, ADAPTER_LR, {"peftlab": {"method": "pfeiffer", "reduction_factor": REDUCTION // 2,
                                                        "init": "bert"}},
                ["peftlab only, a check of the one-adapter-per-block gap: Pfeiffer with twice the bottleneck."]),
-        Method(PARALLEL_WIDE, ADAPTER_LR, {"peftlab": {"method": "parallel", "reduction_factor": REDUCTION // 2}},
-               ["peftlab only, a check of the one-adapter-per-block gap: Parallel with twice the bottleneck."])]
+        Method(PARALLEL_WIDE, ADAPTER_LR, {"peftlab": {"method": "parallel", "reduction_factor": REDUCTION // 2},
+                                           "AdapterHub": _bn("ParBnConfig", reduction_factor=REDUCTION // 2)},
+               ["A check of the one-adapter-per-block gap: Parallel with twice the bottleneck (AdapterHub's too, "
+                "to tell a method's instability from peftlab's)."])]
 
 
 def _shared(prompt_text: str, prompt_ids: list[int], tokenizer_path: str) -> list[Method]:

@@ -118,3 +118,19 @@ def test_train_pooler_trains_the_pooler_with_the_method_and_lr_overrides_every_r
     jobs = [dict(job, lr=0.1), dict(job, lr=0.2)]
     quality_peers.apply_checks(jobs, SimpleNamespace(lr=1e-3, train_pooler=False))
     assert [j["lr"] for j in jobs] == [1e-3, 1e-3] and not any(j["train_pooler"] for j in jobs)
+
+
+def test_an_unknown_method_is_refused_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "quality_peers.py", "--methods", "Houlsby (k=12)", "LoRA (r=99)",
+                          "--work", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")],
+                         cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--methods: no method 'LoRA (r=99)'" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
+def test_named_methods_and_libraries_join_a_restricted_budget(bench_path):
+    import quality_peers
+    only = {"sst2-x3": {"libraries": ["peftlab"], "methods": ["Full fine-tuning"]}}
+    rule = quality_peers.named_restriction(only, ["Pfeiffer (k=24)"], ["AdapterHub"])["sst2-x3"]
+    assert rule == {"libraries": ["peftlab", "AdapterHub"], "methods": ["Full fine-tuning", "Pfeiffer (k=24)"]}
+    assert quality_peers.named_restriction(only, None, None) == only
