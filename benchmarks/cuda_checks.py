@@ -30,7 +30,8 @@ TRAIN_CHECKS = {"Compacter (n=4)": "compacter", "Intrinsic-SAID": "intrinsic_sai
 
 def fwht_checks(device: str) -> list[dict]:
     from peftlab.ops import fwht
-    kernel = device == "cuda" and _kernel_available()
+    from peftlab.ops.fwht import cuda_kernel_available
+    kernel = device == "cuda" and cuda_kernel_available()
     g = torch.Generator().manual_seed(0)
     rows = []
     for bits in FWHT_BITS:
@@ -45,15 +46,6 @@ def fwht_checks(device: str) -> list[dict]:
         rows.append(_row("gradient", bits, torch.float32, device, kernel, leaf.grad.double().cpu(),
                          fwht(upstream.double())))
     return rows
-
-
-def _kernel_available() -> bool:
-    """Whether the optional `fast-hadamard-transform` CUDA kernel is installed (peftlab uses it on CUDA)."""
-    try:
-        import fast_hadamard_transform  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _row(what, bits, dtype, device, kernel, got, reference) -> dict:

@@ -19,6 +19,8 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from workers import run_pool, worker_env
+
 HERE = Path(__file__).parent
 STARTUP_S = 15.0    # a worker's start (imports, CUDA context): only orders the chunks
 
@@ -63,7 +65,6 @@ def run_phases(phases: list, work: Path, slots: int, threads: int, deadline: flo
                on_record=None) -> list:
     """Each phase's chunks longest-first on `slots` workers; a phase starts when the one before ends."""
     from quality_peers_sched import schedule
-    from workers import run_pool
     records: list = []
     for phase in phases:
         _, ordered = schedule(phase, lambda c: sum(map(steps_of, c)), slots, STARTUP_S)
@@ -75,12 +76,12 @@ def run_phases(phases: list, work: Path, slots: int, threads: int, deadline: flo
 
 
 def _launch(threads: int):
+    # the workers run in this environment: the caller's PYTHONPATH (a GPU machine's src/) carries over
+    pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+
     def launch(chunk, jobs_file: Path, out_file: Path):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
         return [sys.executable, str(HERE / "quality_parallel.py"), "--jobs", str(jobs_file), "--out",
-                str(out_file)], env
+                str(out_file)], worker_env(threads, pythonpath)
     return launch
 
 

@@ -8,11 +8,10 @@ as chunks finish. A worker's start (imports) costs 6-15 s here: that is what the
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
-from workers import run_pool
+from workers import run_pool, worker_env
 
 HERE = Path(__file__).parent
 MAIN_WORKER = HERE / "quality_peers_worker.py"
@@ -103,11 +102,9 @@ def _launcher(data_file: Path, pythons: dict, threads: int, device: str):
     def launch(chunk: list, jobs_file: Path, out_file: Path) -> tuple[list, dict]:
         env_name = environment_of(chunk[0]["library"])
         script = MAIN_WORKER if env_name == "main" else ADAPTERHUB_WORKER
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "PYTHONPATH": str(HERE)}
         return [pythons[env_name], str(script), "--jobs", str(jobs_file), "--data", str(data_file),
-                "--out", str(out_file), "--threads", str(threads), "--device", device], env
+                "--out", str(out_file), "--threads", str(threads), "--device", device], \
+            worker_env(threads, str(HERE))
     return launch
 
 

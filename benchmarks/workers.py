@@ -5,10 +5,19 @@ process that reads its jobs from <work>/chunkNNN.json and writes one JSON line p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def worker_env(threads: int, pythonpath: str) -> dict:
+    """A worker's environment: `threads` threads for torch's CPU libraries, no hub access, PYTHONPATH as
+    given (a worker in another environment must not inherit the caller's)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": pythonpath}
 
 
 def run_pool(chunks: list, work: Path, launch, slots: int, on_chunk=None, deadline: float | None = None

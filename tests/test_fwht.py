@@ -86,7 +86,7 @@ def test_cuda_kernel_path_composes_with_the_matmul_digits(monkeypatch):
     assert calls == [((64, 8), 1.0)]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or fwht_module._cuda_hadamard is None,
+@pytest.mark.skipif(not torch.cuda.is_available() or not fwht_module.cuda_kernel_available(),
                     reason="needs a GPU and the optional fast-hadamard-transform package")
 def test_cuda_kernel_matches_torch_path():
     x = torch.randn(3, 1 << 17, device="cuda")

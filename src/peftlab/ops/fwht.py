@@ -96,6 +96,11 @@ def _fwht_cuda(x: torch.Tensor) -> torch.Tensor:
     return _transform_digits(y, low, high).reshape(x.shape)
 
 
+def cuda_kernel_available() -> bool:
+    """Whether the optional `fast-hadamard-transform` kernel imported (CUDA tensors then go through it)."""
+    return _cuda_hadamard is not None
+
+
 def _use_cuda_kernel(x: torch.Tensor) -> bool:
     return _cuda_hadamard is not None and x.is_cuda and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
