@@ -4,9 +4,9 @@ training, validation and test rows, token ids, classifier init, batches, optimiz
 schedule (6 % linear warmup, linear decay), learning rate, batch size and steps; 3 seeds.
 
     .venv/bin/python benchmarks/quality_peers.py --calibrate     # ~2 min: times 3 steps of every run, prints the estimate
-    .venv/bin/python benchmarks/quality_peers.py                 # the CPU mode (SST-2): 2 workers x 1 thread, see MODES
+    .venv/bin/python benchmarks/quality_peers.py                 # the CPU mode (SST-2, RTE): 2 workers x 1 thread, see MODES
     .venv/bin/python benchmarks/quality_peers.py --mode gap      # SST-2 with 3x the rows, peftlab: the second budget
-    .venv/bin/python benchmarks/quality_peers.py --mode rte      # RTE on the CPU: hours, not part of the CPU mode
+    .venv/bin/python benchmarks/quality_peers.py --mode rte      # RTE for 2 epochs: its second budget (~2.3 h)
     .venv/bin/python benchmarks/quality_peers.py --device cuda   # the GPU mode: SST-2, RTE, MRPC, 8 workers, bf16
     .venv/bin/python benchmarks/quality_peers.py --smoke         # tiny random BERT, CI time, same code path
     .venv/bin/python benchmarks/quality_peers.py --rewrite quality_peers   # md + png from the json
@@ -56,21 +56,21 @@ SECOND = {"libraries": ["peftlab"], "methods": [
 LONG = {"libraries": ["peftlab"], "methods": [
     "Full fine-tuning", "LoRA (r=8, α=16, q, v)", "(IA)³", "Houlsby (k=12)", "Parallel (k=12, s=4)"]}
 # Sized from --calibrate on this machine (docs/benchmarks_quality.md, "Peers"): batch 32, length-grouped
-# batches. The CPU mode is SST-2 alone: 36 min with a core per worker, 74 min at the heaviest load of the
-# other jobs seen (calibrated at load average 4.3); RTE (one epoch alone: ~2 h) and the second budget
-# have their own modes.
+# batches, two workers of one thread. SST-2 is ~36 min of the two cores, one epoch of RTE ~60 (68 tokens
+# a row: 5x SST-2's per step); the longer budgets have their own modes.
 MODES = {
-    # SST-2: one epoch of the first 4,000 training rows (125 steps), the whole test split (872 rows), every
+    # SST-2: one epoch of the first 4,000 training rows (125 steps), the whole test split (872 rows); RTE:
+    # one epoch of every training row (2,490: 78 steps), up to 128 tokens, its test half (139 rows); every
     # method and library
-    "cpu": Mode({"sst2": TaskBudget(train=4000, max_length=64)}),
+    "cpu": Mode({"sst2": TaskBudget(train=4000, max_length=64), "rte": TaskBudget(epochs=1, max_length=128)}),
     # the second budget: 3x the rows (375 steps), peftlab only; ~20 min alone, ~40 at that load
     "gap": Mode({"sst2-x3": TaskBudget(task="sst2", train=12000, max_length=64)}, only={"sst2-x3": SECOND},
                 calibration="cpu"),
     # the third budget: 48,000 rows (1,500 steps), seeds 42 and 43, peftlab only; ~30 min alone
     "gap-long": Mode({"sst2-x12": TaskBudget(task="sst2", train=48000, max_length=64)}, seeds=(42, 43),
                      only={"sst2-x12": LONG}, calibration="cpu"),
-    # RTE: every training row (2,490) for 2 epochs (156 steps), up to 128 tokens; 2.3 h alone, 4.6 h at load
-    "rte": Mode({"rte": TaskBudget(epochs=2, max_length=128)}),
+    # RTE's second budget: every training row (2,490) for 2 epochs (156 steps); ~2.3 h alone
+    "rte": Mode({"rte-x2": TaskBudget(task="rte", epochs=2, max_length=128)}, calibration="cpu"),
     # one H200: 8 worker processes share the GPU (MiniLM at batch 32 leaves it mostly idle: launch-bound
     # steps of ~10 ms overlap), bf16 autocast; SST-2 on 16,000 rows (500 steps), RTE 6 epochs (468), MRPC 4
     # (460), SST-2 x3 (1,500 steps) as the second budget: ~139K steps, ~6 min at an assumed 2.5 ms of GPU

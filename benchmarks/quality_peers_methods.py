@@ -59,7 +59,13 @@ def _checks() -> list[Method]:
         Method(PARALLEL_WIDE, ADAPTER_LR, {"peftlab": {"method": "parallel", "reduction_factor": REDUCTION // 2},
                                            "AdapterHub": _bn("ParBnConfig", reduction_factor=REDUCTION // 2)},
                ["A check of the one-adapter-per-block gap: Parallel with twice the bottleneck (AdapterHub's too, "
-                "to tell a method's instability from peftlab's)."])]
+                "to tell a method's instability from peftlab's)."]),
+        Method("SeqBn (k=12)", ADAPTER_LR,
+               {"peftlab": {"method": "seq_bn", "reduction_factor": REDUCTION},
+                "AdapterHub": _bn("SeqBnConfig")},
+               ["AdapterHub's Pfeiffer as AdapterHub computes it: peftlab's `pl.SeqBn` (compat='adapterhub', "
+                "docs/adapterhub.md) against the same SeqBnConfig as the Pfeiffer row; it tells whether the "
+                "Pfeiffer row's gap is the placement."])]
 
 
 def _shared(prompt_text: str, prompt_ids: list[int], tokenizer_path: str) -> list[Method]:
@@ -121,12 +127,6 @@ def _bottlenecks() -> list[Method]:
                 "(original_ln_before=True) feeds the adapter LN(h + x), the FFN output after the layer's "
                 "own LayerNorm and residual, and adds it back to h; peftlab's Pfeiffer feeds it h, as its "
                 "Houlsby does (peftlab's compat='adapterhub' SeqBn reproduces AdapterHub's; not run here)."]),
-        Method("SeqBn (k=12)", ADAPTER_LR,
-               {"peftlab": {"method": "seq_bn", "reduction_factor": REDUCTION},
-                "AdapterHub": _bn("SeqBnConfig")},
-               ["AdapterHub's Pfeiffer as AdapterHub computes it: peftlab's `pl.SeqBn` (compat='adapterhub', "
-                "docs/adapterhub.md) against the same SeqBnConfig as the Pfeiffer row; it tells whether the "
-                "Pfeiffer row's gap is the placement."]),
         Method("Compacter (n=4, k=12)", ADAPTER_LR,
                {"peftlab": {"method": "compacter", "reduction_factor": REDUCTION, "non_linearity": "gelu"},
                 "AdapterHub": _bn("CompacterConfig")},
