@@ -176,7 +176,7 @@ def main(argv=None) -> dict | None:
 
     def write(records, final=False):
         from quality_peers_report import write_results
-        meta = _meta(args, mode, data, libraries, labels, skipped, started, final, estimate)
+        meta = _meta(args, mode, data, libraries, labels, skipped, started, final, estimate, plan["only"])
         write_results(results, name, {"meta": meta, "runs": records}, show=final)
     records, _ = sched.run_chunks(ordered, work, data_file, pythons, mode.slots, mode.threads, mode.device,
                                   on_chunk=write)
@@ -273,7 +273,7 @@ def _machine(mode: Mode) -> str:
     return f"{where}; {mode.slots} worker processes x {mode.threads} torch thread(s)"
 
 
-def _meta(args, mode: Mode, data, libraries, labels, skipped, started, final, estimate) -> dict:
+def _meta(args, mode: Mode, data, libraries, labels, skipped, started, final, estimate, only: dict) -> dict:
     tables = {t: {label: {"lr": args.lr or m.lr, "configs": m.configs, "notes": m.notes}
                   for label, m in _table(data, t).items() if label in labels} for t in data["tasks"]}
     return {"mode": args.mode, "partial": not final, "wall_min": (time.time() - started) / 60,
@@ -288,7 +288,7 @@ def _meta(args, mode: Mode, data, libraries, labels, skipped, started, final, es
             "methods": tables[next(iter(tables))] if tables else {},
             "optimizer": "torch AdamW (fused), weight decay 0, betas (0.9, 0.999), eps 1e-8, grad-norm clip 1.0",
             "schedule": "linear warmup over 6 % of the steps, then linear decay to 0",
-            "only": mode.only, "glue_task": {k: task["name"] for k, task in data["tasks"].items()},
+            "only": only, "glue_task": {k: task["name"] for k, task in data["tasks"].items()},
             "torch": torch.__version__}
 
 

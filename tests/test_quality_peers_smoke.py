@@ -134,3 +134,51 @@ def test_named_methods_and_libraries_join_a_restricted_budget(bench_path):
     rule = quality_peers.named_restriction(only, ["Pfeiffer (k=24)"], ["AdapterHub"])["sst2-x3"]
     assert rule == {"libraries": ["peftlab", "AdapterHub"], "methods": ["Full fine-tuning", "Pfeiffer (k=24)"]}
     assert quality_peers.named_restriction(only, None, None) == only
+
+
+def test_the_cpu_mode_holds_sst2_and_one_whole_epoch_of_rte(bench_path):
+    import quality_peers
+    budgets = quality_peers.MODES["cpu"].budgets
+    assert set(budgets) == {"sst2", "rte"}
+    assert budgets["rte"].train is None and budgets["rte"].epochs >= 1 and budgets["rte"].max_length == 128
+
+
+def _run_record(task, library, method, seed, accuracy):
+    return {"task": task, "library": library, "method": method, "seed": seed, "accuracy": accuracy}
+
+
+def test_more_seeds_cover_only_the_tasks_they_ran(bench_path):
+    """Goal 1 over extra seeds: the extra file's tasks only (the main file's other task keeps its 3 seeds)."""
+    import quality_peers_report as report
+    main = {"meta": {"budgets": {"sst2": {}, "rte": {}}, "libraries": ["peftlab", "AdapterHub"]},
+            "runs": [_run_record(t, lib, "Pfeiffer (k=12)", s, 80.0 + s % 3)
+                     for t in ("sst2", "rte") for lib in ("peftlab", "AdapterHub") for s in (42, 43, 44)]}
+    extra = {"meta": {"budgets": {"sst2": {}}, "wall_min": 3.0},
+             "runs": [_run_record("sst2", lib, "Pfeiffer (k=12)", s, 81.0) for lib in ("peftlab", "AdapterHub")
+                      for s in (45, 46)]}
+    lines = report.more_seeds(main, extra)
+    tables = [line for line in lines if line.startswith("| Pfeiffer")]
+    assert len(tables) == 1 and "seeds 42–46 (5)" in lines[0]
+
+
+def test_a_restricted_budget_is_titled_by_the_libraries_that_ran(bench_path):
+    import quality_peers_report as report
+    meta = {"glue_task": {"sst2-x3": "sst2"}, "data": {"sst2-x3": {"train_rows": 12000, "steps": 375}},
+            "only": {"sst2-x3": {"libraries": ["peftlab", "AdapterHub"], "methods": []}},
+            "libraries": ["AdapterHub"]}
+    assert report.budget_title("sst2-x3", meta) == "sst2 (12,000 rows, 375 steps; a longer budget, AdapterHub only)"
+    meta["libraries"] = ["peftlab", "HF PEFT", "AdapterHub"]
+    meta["only"]["sst2-x3"]["libraries"] = ["peftlab"]
+    assert report.budget_title("sst2-x3", meta).endswith("a longer budget, peftlab only)")
+
+
+@pytest.mark.parametrize("full_accuracy, warned", [(54.0, True), (70.0, False)])
+def test_a_task_where_full_fine_tuning_stays_at_chance_is_flagged(bench_path, full_accuracy, warned):
+    import quality_peers_report as report
+    meta = {"data": {"rte": {"majority": 53.2, "test_rows": 139}}}
+    runs = [_run_record("rte", lib, "Full fine-tuning", s, full_accuracy + s % 2)
+            for lib in ("peftlab", "HF PEFT") for s in (42, 43, 44)]
+    lines = report.below_learning("rte", runs, meta)
+    assert bool(lines) == warned
+    if warned:
+        assert "no library's full fine-tuning is clearly above the majority class" in lines[0]
