@@ -4,7 +4,7 @@ training, validation and test rows, token ids, classifier init, batches, optimiz
 schedule (6 % linear warmup, linear decay), learning rate, batch size and steps; 3 seeds.
 
     .venv/bin/python benchmarks/quality_peers.py --calibrate     # ~2 min: times 3 steps of every run, prints the estimate
-    .venv/bin/python benchmarks/quality_peers.py                 # the CPU mode (SST-2, RTE): 2 workers x 1 thread, see MODES
+    .venv/bin/python benchmarks/quality_peers.py                 # the CPU mode (SST-2, RTE), ~85 min: see MODES
     .venv/bin/python benchmarks/quality_peers.py --mode gap      # SST-2 with 3x the rows, peftlab: the second budget
     .venv/bin/python benchmarks/quality_peers.py --mode rte      # RTE for 2 epochs: its second budget (~2.3 h)
     .venv/bin/python benchmarks/quality_peers.py --device cuda   # the GPU mode: SST-2, RTE, MRPC, 8 workers, bf16
