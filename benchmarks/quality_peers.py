@@ -70,7 +70,7 @@ MODES = {
     "gap-long": Mode({"sst2-x12": TaskBudget(task="sst2", train=48000, max_length=64)}, seeds=(42, 43),
                      only={"sst2-x12": LONG}, calibration="cpu"),
     # RTE's second budget: every training row (2,490) for 2 epochs (156 steps); ~2.3 h alone
-    "rte": Mode({"rte-x2": TaskBudget(task="rte", epochs=2, max_length=128)}, calibration="cpu"),
+    "rte": Mode({"rte-x2": TaskBudget(task="rte", epochs=2, max_length=128)}),
     # one H200: 8 worker processes share the GPU (MiniLM at batch 32 leaves it mostly idle: launch-bound
     # steps of ~10 ms overlap), bf16 autocast; SST-2 on 16,000 rows (500 steps), RTE 6 epochs (468), MRPC 4
     # (460), SST-2 x3 (1,500 steps) as the second budget: ~139K steps, ~6 min at an assumed 2.5 ms of GPU

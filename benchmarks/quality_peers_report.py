@@ -310,9 +310,10 @@ def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict |
             "", f"Optimizer: {meta['optimizer']}. Schedule: {meta['schedule']}. "
             "Batches: length-grouped (each epoch a seeded permutation cut into 50-batch chunks sorted by "
             "length, batches shuffled), the same for every library.", ""]
+    at_chance = {key: below_learning(key, runs, meta) for key in meta["budgets"]}
     for key in meta["budgets"]:
         out += [f"## {budget_title(key, meta)}: test accuracy, mean ± std over seeds", ""]
-        out += task_table(key, runs, meta) + [""] + below_learning(key, runs, meta)
+        out += task_table(key, runs, meta) + [""] + at_chance[key]
     if errors:
         out += ["¹ Not available:"] + [f"- {lib}, {method}: `{error}`" for lib, method, error in errors] + [""]
     out += [f"![accuracy per seed]({png})", "", "## Goals", "",
@@ -328,7 +329,7 @@ def to_markdown(payload: dict, png: str, gaps: dict | None = None, extra: dict |
         if stem == GAP_FILES[0]:
             out += cause_checks(part, checks or {})
     out += ["3. Prompt tuning clearly above the majority class:", ""] + prompt_check(runs, meta) + [""]
-    chance = [key for key in meta["budgets"] if below_learning(key, runs, meta)]
+    chance = [key for key, flagged in at_chance.items() if flagged]
     if chance:
         out += [f"Where full fine-tuning itself stays at chance ({', '.join(chance)}: flagged above), prompt "
                 "tuning cannot show learning at this budget; the goal is read where it learns.", ""]
